@@ -1,0 +1,824 @@
+//! TaskActor: drives one task run, reaching Docker, the log and artifact storage only through messages.
+//! Whatever happens inside (a timeout, a stop, an error, a panic) ends here as one resolution, with the
+//! container removed and the log written.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures_util::{FutureExt, StreamExt};
+use slog::{error, info, o, warn, Logger};
+use tokio::sync::{oneshot, watch};
+
+use crate::artifacts::{
+    ArtifactMeta, ArtifactPort, FinishArtifacts, RecordMissing, StoredArtifact, UploadFile, UploadFromArchive,
+};
+use crate::docker::{
+    call, AttachContainer, ByteStream, ContainerSpec, CopyFromContainer, CreateContainer, DockerError,
+    DockerPort, EnsureImage, KillContainer, RemoveContainer, StartContainer, WaitContainer, LABEL_MANAGED,
+    LABEL_RUN_ID, LABEL_TASK_ID, LABEL_WORKER_ID,
+};
+use crate::lifecycle::{ExceptionReason, ExitPolicy, Resolution, StopReason, TaskEvent, TaskState};
+use crate::log_stream::{CloseLog, LogChunk, LogError};
+use crate::logfmt::{fmt_error_log, fmt_log, footer, header, HeaderFields};
+use crate::payload::{parse_payload, ArtifactKind, Feature, Image, Payload};
+use crate::task::{TaskSpec, WorkerIdentity};
+
+/// The message docker-worker wrote when a task was canceled.
+pub const CANCEL_MESSAGE: &str = "Task was canceled by another entity. This can happen using a taskcluster client or by cancelling a task within Treeherder.";
+
+/// The features this worker implements today; any other requested feature fails the task with a clear message.
+pub const SUPPORTED_FEATURES: &[Feature] = &[Feature::LocalLiveLog, Feature::Artifacts, Feature::BulkLog];
+
+/// How the log reaches its actor.
+#[derive(Clone)]
+pub struct LogPort {
+    /// Write a chunk.
+    pub chunk: Recipient<LogChunk>,
+    /// Flush and close.
+    pub close: Recipient<CloseLog>,
+}
+
+/// Everything a TaskActor talks to.
+#[derive(Clone)]
+pub struct TaskPorts {
+    /// Docker.
+    pub docker: DockerPort,
+    /// The task log.
+    pub log: LogPort,
+    /// Artifact storage.
+    pub artifacts: ArtifactPort,
+    /// The file the log's backing sink writes, uploaded at the end.
+    pub backing_log: Option<PathBuf>,
+}
+
+/// Settings a task run needs from the worker.
+#[derive(Clone)]
+pub struct TaskConfig {
+    /// The worker's identity.
+    pub identity: WorkerIdentity,
+    /// `/dev/shm` size for task containers.
+    pub shm_size: Option<i64>,
+    /// Upload the backing log gzip-encoded (the Queue) or as plain text (a local directory).
+    pub gzip_logs: bool,
+    /// How long to wait for the rest of the output once the container is gone.
+    pub output_drain: Duration,
+    /// How long to wait for a killed container to report its exit.
+    pub kill_wait: Duration,
+    /// The worker's log.
+    pub logger: Logger,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct TaskOutcome {
+    /// The task id.
+    pub task_id: String,
+    /// The run id.
+    pub run_id: u32,
+    /// The resolution.
+    pub resolution: Resolution,
+    /// The container's exit status, if it ran to an exit.
+    pub exit_code: Option<i64>,
+    /// Payload errors, when the payload was rejected.
+    pub payload_errors: Vec<String>,
+    /// The artifacts recorded, logs included.
+    pub artifacts: Vec<StoredArtifact>,
+    /// Wall time of the run.
+    pub duration: Duration,
+}
+
+/// Stop a running task from outside.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct StopTask(pub StopReason);
+
+/// One task run.
+pub struct TaskActor {
+    run: Option<Run>,
+    stop: watch::Sender<Option<StopReason>>,
+    done: Option<oneshot::Sender<TaskOutcome>>,
+}
+
+impl TaskActor {
+    /// A task run that reports its outcome on `done` when it ends.
+    pub fn new(
+        spec: TaskSpec,
+        ports: TaskPorts,
+        config: TaskConfig,
+        done: oneshot::Sender<TaskOutcome>,
+    ) -> TaskActor {
+        let (stop, stop_rx) = watch::channel(None);
+        let logger = config
+            .logger
+            .new(o!("taskId" => spec.task_id.clone(), "runId" => spec.run_id));
+        TaskActor {
+            run: Some(Run {
+                state: TaskState::Validating,
+                policy: ExitPolicy::default(),
+                payload: None,
+                payload_errors: Vec::new(),
+                container: None,
+                exit_code: None,
+                artifact_failed: false,
+                started: Instant::now(),
+                stop: stop_rx,
+                logger,
+                spec,
+                ports,
+                config,
+            }),
+            stop,
+            done: Some(done),
+        }
+    }
+}
+
+impl Actor for TaskActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let run = self.run.take().expect("a TaskActor starts once");
+        ctx.spawn(run.drive().into_actor(self).map(|outcome, act, ctx| {
+            if let Some(done) = act.done.take() {
+                let _ = done.send(outcome);
+            }
+            ctx.stop();
+        }));
+    }
+}
+
+impl Handler<StopTask> for TaskActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: StopTask, _: &mut Context<Self>) {
+        // The first reason sticks: a shutdown after a cancel is still a cancel.
+        self.stop.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(msg.0);
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// Why the run stopped before its natural end, inside `execute`.
+enum Halt {
+    /// The log could not be written.
+    Log(LogError),
+}
+
+impl From<LogError> for Halt {
+    fn from(e: LogError) -> Self {
+        Halt::Log(e)
+    }
+}
+
+struct Run {
+    spec: TaskSpec,
+    ports: TaskPorts,
+    config: TaskConfig,
+    logger: Logger,
+    state: TaskState,
+    policy: ExitPolicy,
+    payload: Option<Payload>,
+    payload_errors: Vec<String>,
+    container: Option<String>,
+    exit_code: Option<i64>,
+    artifact_failed: bool,
+    started: Instant,
+    stop: watch::Receiver<Option<StopReason>>,
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+impl Run {
+    async fn drive(mut self) -> TaskOutcome {
+        info!(self.logger, "task start");
+        let executed = AssertUnwindSafe(self.execute()).catch_unwind().await;
+        let fault = match executed {
+            Ok(Ok(())) => None,
+            Ok(Err(Halt::Log(e))) => Some(format!("the task log could not be written: {e}")),
+            Err(panic) => Some(format!("panic: {}", panic_message(panic.as_ref()))),
+        };
+        if let Some(fault) = fault {
+            error!(self.logger, "task error"; "error" => &fault);
+            self.event(TaskEvent::WorkerFault);
+            let _ = self
+                .write(fmt_error_log(&format!(
+                    "Task was aborted because docker-worker hit an internal error. {fault}"
+                )))
+                .await;
+        }
+        self.finish().await
+    }
+
+    /// Move the state machine. An illegal event is a bug in this file; it becomes an internal error.
+    fn event(&mut self, event: TaskEvent) {
+        self.state = match self.state.on(event, &self.policy) {
+            Ok(next) => next,
+            Err(illegal) => {
+                error!(self.logger, "illegal task transition"; "error" => %illegal);
+                match self.state {
+                    TaskState::Resolved(_) => self.state,
+                    _ => TaskState::Aborting(Resolution::Exception(ExceptionReason::InternalError)),
+                }
+            }
+        };
+    }
+
+    async fn write(&self, text: impl Into<String>) -> Result<(), LogError> {
+        self.ports.log.chunk.send(LogChunk::text(text)).await?
+    }
+
+    fn stop_requested(&self) -> Option<StopReason> {
+        *self.stop.borrow()
+    }
+
+    /// Wait until someone stops the task; never returns if nobody does.
+    async fn stopped(stop: &mut watch::Receiver<Option<StopReason>>) -> StopReason {
+        loop {
+            if let Some(reason) = *stop.borrow_and_update() {
+                return reason;
+            }
+            if stop.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Checkpoint between steps: a stop that arrived meanwhile aborts the run here.
+    async fn checkpoint(&mut self) -> Result<bool, Halt> {
+        if let Some(reason) = self.stop_requested() {
+            self.on_stop(reason).await?;
+            return Ok(true);
+        }
+        Ok(self.state.is_aborting())
+    }
+
+    async fn on_stop(&mut self, reason: StopReason) -> Result<(), Halt> {
+        if self.state.is_aborting() {
+            return Ok(());
+        }
+        self.event(TaskEvent::Stopped(reason));
+        match reason {
+            StopReason::Canceled => {
+                info!(self.logger, "cancel task"; "message" => CANCEL_MESSAGE);
+                self.kill().await;
+                self.write(fmt_error_log(CANCEL_MESSAGE)).await?;
+            }
+            StopReason::WorkerShutdown => {
+                info!(self.logger, "task aborted"; "exception" => "worker-shutdown");
+                self.kill().await;
+                self.write(fmt_error_log(
+                    "Task has been aborted prematurely. Reason: worker-shutdown",
+                ))
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn kill(&self) {
+        if let Some(id) = &self.container {
+            if let Err(e) = call(&self.ports.docker.kill, KillContainer(id.clone())).await {
+                warn!(self.logger, "error killing container"; "container" => id, "error" => %e);
+            }
+        }
+    }
+
+    async fn execute(&mut self) -> Result<(), Halt> {
+        let id = &self.config.identity;
+        self.write(header(&HeaderFields {
+            task_id: &self.spec.task_id,
+            worker_id: &id.worker_id,
+            worker_group: &id.worker_group,
+            worker_node_type: &id.worker_node_type,
+            worker_type: &id.worker_type,
+            public_ip: &id.public_ip,
+            hostname: &id.hostname,
+        }))
+        .await?;
+
+        let Some(payload) = self.validate().await? else {
+            return Ok(());
+        };
+        if self.checkpoint().await? {
+            return Ok(());
+        }
+        let image = match self.ensure_image(&payload).await? {
+            Some(image) => image,
+            None => return Ok(()),
+        };
+        if self.checkpoint().await? {
+            return Ok(());
+        }
+        let Some(output) = self.create_and_attach(&payload, image).await? else {
+            return Ok(());
+        };
+        if self.checkpoint().await? {
+            return Ok(());
+        }
+        let log = self.ports.log.chunk.clone();
+        let mut pump = tokio::spawn(pump_output(output, log));
+
+        self.write(fmt_log("=== Task Starting ===")).await?;
+        let container = self.container.clone().expect("container was created");
+        if let Err(e) = call(&self.ports.docker.start, StartContainer(container.clone())).await {
+            pump.abort();
+            return self.start_failed(e).await;
+        }
+        self.event(TaskEvent::ContainerStarted);
+        info!(self.logger, "task run");
+
+        let max_run_time = Duration::from_secs(u64::from(payload.max_run_time));
+        let mut pumped = None;
+        let waited = {
+            let mut stop = self.stop.clone();
+            let wait = call(&self.ports.docker.wait, WaitContainer(container.clone()));
+            let deadline = actix_rt::time::sleep(max_run_time);
+            tokio::pin!(wait, deadline);
+            loop {
+                tokio::select! {
+                    code = &mut wait => break Ok(code),
+                    _ = &mut deadline => break Err(None),
+                    reason = Self::stopped(&mut stop) => break Err(Some(reason)),
+                    // A panic while reading output is the task's internal error now, not at exit.
+                    joined = &mut pump, if pumped.is_none() => match joined {
+                        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+                        other => pumped = Some(other),
+                    },
+                }
+            }
+        };
+        match waited {
+            Ok(Ok(code)) => {
+                self.exit_code = Some(code);
+                self.event(TaskEvent::ContainerExited(code));
+            }
+            Ok(Err(e)) => {
+                error!(self.logger, "error waiting for container"; "error" => %e);
+                self.event(TaskEvent::WorkerFault);
+                self.write(fmt_error_log(&format!("Lost track of the task container: {e}")))
+                    .await?;
+                self.kill().await;
+            }
+            Err(None) => {
+                warn!(self.logger, "task max runtime timeout"; "maxRunTime" => payload.max_run_time);
+                self.event(TaskEvent::TimedOut);
+                self.kill().await;
+                self.write(fmt_error_log(&format!(
+                    "Task timeout after {} seconds. Force killing container.",
+                    payload.max_run_time
+                )))
+                .await?;
+            }
+            Err(Some(reason)) => self.on_stop(reason).await?,
+        }
+        if self.exit_code.is_none() {
+            // Killed: collect the status so the container is really gone before it is removed.
+            let wait = call(&self.ports.docker.wait, WaitContainer(container.clone()));
+            if let Ok(Ok(code)) = tokio::time::timeout(self.config.kill_wait, wait).await {
+                self.exit_code = Some(code);
+            }
+        }
+        let pumped = match pumped {
+            Some(done) => Ok(done),
+            None => tokio::time::timeout(self.config.output_drain, pump).await,
+        };
+        match pumped {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => return Err(Halt::Log(e)),
+            Ok(Err(join)) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            Ok(Err(join)) => warn!(self.logger, "output pump stopped"; "error" => %join),
+            Err(_) => warn!(self.logger, "output did not end after the container exited"),
+        }
+        self.write(fmt_log("=== Task Finished ===")).await?;
+        if self.checkpoint().await? {
+            return Ok(());
+        }
+        let ok = if payload.features.enabled(Feature::Artifacts) {
+            self.collect_artifacts(&payload, &container).await?
+        } else {
+            true
+        };
+        self.artifact_failed = !ok;
+        self.event(TaskEvent::ArtifactsDone { ok });
+        Ok(())
+    }
+
+    /// Validate the payload and what it asks of this worker. `None` when the run ends here.
+    async fn validate(&mut self) -> Result<Option<Payload>, Halt> {
+        let parsed = parse_payload(&self.spec.payload).and_then(|p| {
+            let expiry = self
+                .spec
+                .expires
+                .map(|e| p.check_artifact_expiry(e))
+                .unwrap_or_default();
+            if expiry.is_empty() {
+                Ok(p)
+            } else {
+                Err(crate::payload::PayloadErrors(expiry))
+            }
+        });
+        let payload = match parsed {
+            Ok(p) => p,
+            Err(errors) => {
+                self.payload_errors = errors.0.iter().map(ToString::to_string).collect();
+                warn!(self.logger, "malformed payload"; "errors" => self.payload_errors.join("; "));
+                self.event(TaskEvent::PayloadRejected);
+                let list: String = self.payload_errors.iter().map(|e| format!("  * {e}\n")).collect();
+                self.write(fmt_error_log(&format!("`task.payload` is invalid:\n{list}")))
+                    .await?;
+                return Ok(None);
+            }
+        };
+        self.policy = ExitPolicy {
+            retry: payload.on_exit_status.retry.clone(),
+        };
+        self.payload = Some(payload.clone());
+        let refusals = unsupported(&payload);
+        if !refusals.is_empty() {
+            self.event(TaskEvent::TaskRefused);
+            for refusal in &refusals {
+                self.write(fmt_error_log(refusal)).await?;
+            }
+            return Ok(None);
+        }
+        self.event(TaskEvent::PayloadAccepted);
+        Ok(Some(payload))
+    }
+
+    async fn ensure_image(&mut self, payload: &Payload) -> Result<Option<String>, Halt> {
+        let Image::DockerImage { name } = &payload.image else {
+            unreachable!("unsupported() refuses other image types");
+        };
+        info!(self.logger, "ensure image"; "image" => name);
+        let request = self.ports.docker.ensure_image.send(EnsureImage {
+            image: name.clone(),
+            progress: self.ports.log.chunk.clone(),
+        });
+        let mut stop = self.stop.clone();
+        let result = tokio::select! {
+            r = request => r,
+            reason = Self::stopped(&mut stop) => {
+                self.on_stop(reason).await?;
+                return Ok(None);
+            }
+        };
+        match result {
+            Ok(Ok(ready)) => {
+                self.event(TaskEvent::ImageReady);
+                Ok(Some(ready.id))
+            }
+            Ok(Err(e)) => {
+                let resolution = if e.is_task_fault() {
+                    Resolution::Failed
+                } else {
+                    Resolution::Exception(ExceptionReason::ResourceUnavailable)
+                };
+                warn!(self.logger, "image pull failed"; "image" => name, "error" => %e);
+                self.event(TaskEvent::ImageFailed(resolution));
+                self.write(fmt_error_log("Pulling docker image has failed."))
+                    .await?;
+                self.write(fmt_error_log(&format!("Error: {e}"))).await?;
+                Ok(None)
+            }
+            Err(mailbox) => {
+                self.event(TaskEvent::WorkerFault);
+                self.write(fmt_error_log(&format!(
+                    "Pulling docker image has failed: the Docker actor stopped ({mailbox})"
+                )))
+                .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn container_spec(&self, payload: &Payload, image: String) -> ContainerSpec {
+        let id = &self.config.identity;
+        let mut env: BTreeMap<String, String> = payload.env.clone();
+        let mut reserved = vec![
+            ("TASK_ID", self.spec.task_id.clone()),
+            ("RUN_ID", self.spec.run_id.to_string()),
+            ("TASKCLUSTER_WORKER_TYPE", id.worker_type.clone()),
+            ("TASKCLUSTER_INSTANCE_TYPE", id.worker_node_type.clone()),
+            ("TASKCLUSTER_WORKER_GROUP", id.worker_group.clone()),
+            ("TASKCLUSTER_PUBLIC_IP", id.public_ip.clone()),
+            ("TASKCLUSTER_ROOT_URL", id.root_url.clone()),
+        ];
+        if let Some(location) = &id.worker_location {
+            reserved.push(("TASKCLUSTER_WORKER_LOCATION", location.clone()));
+        }
+        for (k, v) in reserved {
+            env.insert(k.to_string(), v);
+        }
+        ContainerSpec {
+            image,
+            command: payload.command.clone(),
+            env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            labels: [
+                (LABEL_MANAGED, "true".to_string()),
+                (LABEL_TASK_ID, self.spec.task_id.clone()),
+                (LABEL_RUN_ID, self.spec.run_id.to_string()),
+                (LABEL_WORKER_ID, id.worker_id.clone()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            shm_size: self.config.shm_size,
+        }
+    }
+
+    async fn create_and_attach(
+        &mut self,
+        payload: &Payload,
+        image: String,
+    ) -> Result<Option<ByteStream>, Halt> {
+        let spec = self.container_spec(payload, image);
+        let created = call(&self.ports.docker.create, CreateContainer(spec)).await;
+        let container = match created {
+            Ok(id) => id,
+            Err(e) => return self.start_failed(e).await.map(|()| None),
+        };
+        info!(self.logger, "container created"; "container" => &container);
+        self.container = Some(container.clone());
+        match call(&self.ports.docker.attach, AttachContainer(container)).await {
+            Ok(stream) => Ok(Some(stream)),
+            Err(e) => {
+                error!(self.logger, "error attaching to container"; "error" => %e);
+                self.event(TaskEvent::WorkerFault);
+                self.write(fmt_error_log(&format!(
+                    "Could not attach to the task container: {e}"
+                )))
+                .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn start_failed(&mut self, e: DockerError) -> Result<(), Halt> {
+        error!(self.logger, "error starting container"; "error" => %e);
+        if e.is_task_fault() {
+            self.event(TaskEvent::ContainerStartFailed);
+        } else {
+            self.event(TaskEvent::WorkerFault);
+        }
+        self.write(fmt_error_log("Failure to properly start execution environment."))
+            .await?;
+        self.write(fmt_error_log(&e.to_string())).await?;
+        Ok(())
+    }
+
+    /// Copy each `payload.artifacts` entry out of the container. False when any upload failed.
+    async fn collect_artifacts(&mut self, payload: &Payload, container: &str) -> Result<bool, Halt> {
+        let mut ok = true;
+        for (name, spec) in &payload.artifacts {
+            let expires = spec.expires.or(self.spec.expires);
+            let copied = call(
+                &self.ports.docker.copy_out,
+                CopyFromContainer {
+                    container: container.to_string(),
+                    path: spec.path.clone(),
+                },
+            )
+            .await;
+            let report = match copied {
+                Ok(archive) => {
+                    self.ports
+                        .artifacts
+                        .from_archive
+                        .send(UploadFromArchive {
+                            name: name.clone(),
+                            kind: spec.kind,
+                            expires,
+                            archive,
+                        })
+                        .await
+                }
+                Err(DockerError::NotFound(_)) => {
+                    self.ports
+                        .artifacts
+                        .missing
+                        .send(RecordMissing {
+                            name: name.clone(),
+                            path: spec.path.clone(),
+                            expires,
+                        })
+                        .await
+                }
+                Err(e) => {
+                    ok = false;
+                    self.write(fmt_error_log(&format!(
+                        "Error uploading \"{name}\" artifact. {e}"
+                    )))
+                    .await?;
+                    continue;
+                }
+            };
+            match report {
+                Ok(report) => {
+                    for line in &report.log {
+                        self.write(line.clone()).await?;
+                    }
+                    ok &= report.failures.is_empty();
+                }
+                Err(e) => {
+                    ok = false;
+                    self.write(fmt_error_log(&format!(
+                        "Error uploading \"{name}\" artifact. {e}"
+                    )))
+                    .await?;
+                }
+            }
+        }
+        Ok(ok)
+    }
+
+    /// The part of a run that always happens: footer, container removal, log upload, outcome.
+    async fn finish(mut self) -> TaskOutcome {
+        let cut_short = self.state.is_aborting();
+        if cut_short {
+            self.event(TaskEvent::Finished);
+        }
+        let resolution = self
+            .state
+            .resolution()
+            .unwrap_or(Resolution::Exception(ExceptionReason::InternalError));
+        // A run cut short, or whose artifacts failed, ends with exit code -1, as docker-worker's did.
+        let footer_code = match self.exit_code {
+            Some(code) if !cut_short && !self.artifact_failed => code,
+            _ => -1,
+        };
+        let _ = self
+            .write(footer(
+                resolution == Resolution::Completed,
+                footer_code,
+                self.started.elapsed(),
+            ))
+            .await;
+        if let Some(container) = self.container.take() {
+            self.kill_and_remove(container).await;
+        }
+        let closed = self.ports.log.close.send(CloseLog).await;
+        let mut resolution = resolution;
+        if let Err(e) | Ok(Err(e)) = closed.map_err(LogError::from) {
+            error!(self.logger, "task log could not be closed"; "error" => %e);
+            if resolution != Resolution::Canceled {
+                resolution = Resolution::Exception(ExceptionReason::InternalError);
+            }
+        }
+        let artifacts = self.upload_logs(resolution).await;
+        info!(self.logger, "task resolved"; "taskState" => resolution.state(), "resolution" => %resolution);
+        TaskOutcome {
+            task_id: self.spec.task_id.clone(),
+            run_id: self.spec.run_id,
+            resolution,
+            exit_code: self.exit_code,
+            payload_errors: self.payload_errors.clone(),
+            artifacts,
+            duration: self.started.elapsed(),
+        }
+    }
+
+    async fn kill_and_remove(&self, container: String) {
+        let _ = call(&self.ports.docker.kill, KillContainer(container.clone())).await;
+        if let Err(e) = call(&self.ports.docker.remove, RemoveContainer(container.clone())).await {
+            error!(self.logger, "container removal error"; "container" => &container, "error" => %e);
+        } else {
+            info!(self.logger, "container removed"; "container" => &container);
+        }
+    }
+
+    /// Store the backing log (and the bulk log), then let the sink write its index.
+    async fn upload_logs(&self, resolution: Resolution) -> Vec<StoredArtifact> {
+        let default_features = crate::payload::Features::default();
+        let features = self.payload.as_ref().map_or(&default_features, |p| &p.features);
+        let canceled = resolution == Resolution::Canceled;
+        if let (Some(path), false) = (&self.ports.backing_log, canceled) {
+            let expires = self.spec.expires;
+            let mut uploads = Vec::new();
+            if features.enabled(Feature::LocalLiveLog) {
+                let name = self.payload.as_ref().map_or_else(
+                    || "public/logs/live_backing.log".to_string(),
+                    Payload::backing_log_name,
+                );
+                uploads.push(UploadFile {
+                    meta: ArtifactMeta {
+                        name,
+                        content_type: "text/plain; charset=utf-8".into(),
+                        content_encoding: self.config.gzip_logs.then(|| "gzip".into()),
+                        expires,
+                    },
+                    path: path.clone(),
+                    gzip: self.config.gzip_logs,
+                });
+            }
+            if features.enabled(Feature::BulkLog) {
+                uploads.push(UploadFile {
+                    meta: ArtifactMeta {
+                        name: "public/logs/terminal_bulk.log.gz".into(),
+                        content_type: "text/plain; charset=utf-8".into(),
+                        content_encoding: Some("gzip".into()),
+                        expires,
+                    },
+                    path: path.clone(),
+                    gzip: true,
+                });
+            }
+            for upload in uploads {
+                let name = upload.meta.name.clone();
+                match self.ports.artifacts.file.send(upload).await {
+                    Ok(Ok(_)) => info!(self.logger, "log uploaded"; "artifact" => &name),
+                    Ok(Err(e)) => {
+                        error!(self.logger, "log upload failed"; "artifact" => &name, "error" => %e)
+                    }
+                    Err(e) => error!(self.logger, "log upload failed"; "artifact" => &name, "error" => %e),
+                }
+            }
+        }
+        match self.ports.artifacts.finish.send(FinishArtifacts).await {
+            Ok(Ok(records)) => records,
+            Ok(Err(e)) => {
+                error!(self.logger, "artifact index failed"; "error" => %e);
+                Vec::new()
+            }
+            Err(e) => {
+                error!(self.logger, "artifact index failed"; "error" => %e);
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// What in a valid payload this worker can't do yet. Each entry is one sentence for the task log.
+pub fn unsupported(payload: &Payload) -> Vec<String> {
+    let mut out = Vec::new();
+    for feature in payload.features.requested() {
+        if !SUPPORTED_FEATURES.contains(&feature) {
+            out.push(format!(
+                "The feature `{}` is not supported by this worker yet, so the task can not run as written.",
+                feature.name()
+            ));
+        }
+    }
+    match &payload.image {
+        Image::DockerImage { .. } => {}
+        Image::IndexedImage { .. } => {
+            out.push("Images of type `indexed-image` are not supported by this worker yet.".into())
+        }
+        Image::TaskImage { .. } => {
+            out.push("Images of type `task-image` are not supported by this worker yet.".into())
+        }
+    }
+    if !payload.cache.is_empty() {
+        out.push("Caches (`payload.cache`) are not supported by this worker yet.".into());
+    }
+    let caps = &payload.capabilities;
+    if caps.privileged {
+        out.push("`capabilities.privileged` is not supported by this worker yet.".into());
+    }
+    if caps.disable_seccomp {
+        out.push("`capabilities.disableSeccomp` is not supported by docker-worker.".into());
+    }
+    let d = &caps.devices;
+    if d.loopback_video || d.loopback_audio || d.host_shared_memory || d.kvm {
+        out.push("`capabilities.devices` are not supported by this worker yet.".into());
+    }
+    for (name, spec) in &payload.artifacts {
+        if spec.kind == ArtifactKind::Volume {
+            out.push(format!(
+                "Artifact \"{name}\": the `volume` artifact type is not supported by this worker yet."
+            ));
+        }
+    }
+    out
+}
+
+/// Copy the container's output into the log, chunk by chunk, waiting for the log to take each one.
+async fn pump_output(mut output: ByteStream, log: Recipient<LogChunk>) -> Result<(), LogError> {
+    while let Some(chunk) = output.next().await {
+        match chunk {
+            Ok(bytes) if bytes.is_empty() => {}
+            Ok(bytes) => log.send(LogChunk(bytes)).await??,
+            Err(e) => {
+                log.send(LogChunk::text(fmt_error_log(&format!(
+                    "The container's output stream broke: {e}"
+                ))))
+                .await??;
+                break;
+            }
+        }
+    }
+    Ok(())
+}
