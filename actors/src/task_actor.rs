@@ -23,7 +23,7 @@ use crate::docker::{
 use crate::lifecycle::{ExceptionReason, ExitPolicy, Resolution, StopReason, TaskEvent, TaskState};
 use crate::log_stream::{CloseLog, LogChunk, LogError};
 use crate::logfmt::{fmt_error_log, fmt_log, footer, header, HeaderFields};
-use crate::payload::{parse_payload, ArtifactKind, Feature, Image, Payload};
+use crate::payload::{parse_payload, parse_task_payload, ArtifactKind, Feature, Image, Payload};
 use crate::task::{TaskSpec, WorkerIdentity};
 
 /// The message docker-worker wrote when a task was canceled.
@@ -419,18 +419,10 @@ impl Run {
 
     /// Validate the payload and what it asks of this worker. `None` when the run ends here.
     async fn validate(&mut self) -> Result<Option<Payload>, Halt> {
-        let parsed = parse_payload(&self.spec.payload).and_then(|p| {
-            let expiry = self
-                .spec
-                .expires
-                .map(|e| p.check_artifact_expiry(e))
-                .unwrap_or_default();
-            if expiry.is_empty() {
-                Ok(p)
-            } else {
-                Err(crate::payload::PayloadErrors(expiry))
-            }
-        });
+        let parsed = match self.spec.expires {
+            Some(expires) => parse_task_payload(&self.spec.payload, expires),
+            None => parse_payload(&self.spec.payload),
+        };
         let payload = match parsed {
             Ok(p) => p,
             Err(errors) => {

@@ -1,0 +1,258 @@
+//! `docker-worker run`: one task, the way the daemon runs it, with the queue replaced by local sinks —
+//! the terminal and a backing file for the log, a directory for artifacts.
+
+use std::cell::Cell;
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bollard::Docker;
+use docker_worker_actors::artifacts::{ArtifactPort, ArtifactUploadActor, LocalDirSink, StoredArtifact};
+use docker_worker_actors::docker::{DockerActor, DockerPort};
+use docker_worker_actors::lifecycle::StopReason;
+use docker_worker_actors::log_stream::{LogSink, LogStreamActor};
+use docker_worker_actors::supervisor::{RunTask, Shutdown, Supervisor, TaskResources, TaskResourcesFactory};
+use docker_worker_actors::task::{new_task_id, TaskSpec};
+use docker_worker_actors::task_actor::{LogPort, TaskConfig, TaskOutcome, TaskPorts};
+use slog::{info, Logger};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::RunArgs;
+use crate::settings::{Settings, Sources};
+use crate::{exit, logging, taskfile};
+
+/// Per-task actors for a local run: the log to the terminal and a scratch file, artifacts to a directory.
+struct LocalFactory {
+    docker: DockerPort,
+    sink: Arc<LocalDirSink>,
+}
+
+impl TaskResourcesFactory for LocalFactory {
+    fn create(&self, _: &TaskSpec) -> std::io::Result<TaskResources> {
+        let scratch = tempfile::Builder::new().prefix("docker-worker-").tempdir()?;
+        let backing = scratch.path().join("live_backing.log");
+        let file = tokio::fs::File::from_std(std::fs::File::create(&backing)?);
+        let log = LogStreamActor::new(vec![
+            LogSink::optional("terminal", tokio::io::stdout()).live(),
+            LogSink::required("backing log", tokio::io::BufWriter::new(file)),
+        ])
+        .start();
+        let artifacts = ArtifactUploadActor::new(self.sink.clone()).start();
+        Ok(TaskResources {
+            ports: TaskPorts {
+                docker: self.docker.clone(),
+                log: LogPort {
+                    chunk: log.clone().recipient(),
+                    close: log.recipient(),
+                },
+                artifacts: ArtifactPort::from_addr(&artifacts),
+                backing_log: Some(backing),
+            },
+            keep_alive: Box::new(scratch),
+        })
+    }
+}
+
+/// Connect to the Docker daemon named by the settings (or DOCKER_HOST, or the local socket).
+pub async fn connect(settings: &Settings) -> Result<Docker, String> {
+    let timeout = settings.request_timeout.as_secs();
+    let docker = match settings.docker_host.as_deref() {
+        None => Docker::connect_with_defaults(),
+        Some(host) if host.starts_with("unix://") || host.starts_with('/') => {
+            Docker::connect_with_unix(host, timeout, bollard::API_DEFAULT_VERSION)
+        }
+        Some(host) => Docker::connect_with_http(host, timeout, bollard::API_DEFAULT_VERSION),
+    }
+    .map_err(|e| e.to_string())?
+    .with_timeout(settings.request_timeout);
+    // Speak the daemon's API version, so older engines work too.
+    docker.negotiate_version().await.map_err(|e| e.to_string())
+}
+
+/// `docker-worker run`.
+pub fn main(args: RunArgs) -> ExitCode {
+    let settings = match Settings::load(&Sources {
+        profile: &args.config.profile,
+        file: args.config.config.as_deref(),
+        overrides: &args.config.overrides,
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("docker-worker: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let file = match taskfile::read(&args.file) {
+        Ok(file) => file,
+        Err(e @ taskfile::TaskFileError::Read { .. }) => {
+            eprintln!("docker-worker: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+        Err(e) => {
+            eprintln!("docker-worker: {e}");
+            return ExitCode::from(exit::MALFORMED_PAYLOAD);
+        }
+    };
+    if let Err(errors) = taskfile::check(&file) {
+        taskfile::report(&args.file, &errors);
+        return ExitCode::from(exit::MALFORMED_PAYLOAD);
+    }
+    let sink = match LocalDirSink::prepare(&args.artifacts_dir) {
+        Ok(sink) => sink,
+        Err(e) => {
+            eprintln!(
+                "docker-worker: artifacts directory {}: {e}",
+                args.artifacts_dir.display()
+            );
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let (logger, _guard) = logging::init(&settings, true);
+    let spec = TaskSpec {
+        task_id: args.task_id.clone().unwrap_or_else(new_task_id),
+        run_id: args.run_id,
+        payload: file.payload,
+        scopes: file.scopes,
+        expires: file.expires,
+    };
+    let system = actix_rt::System::new();
+    system.block_on(run_one(settings, logger, spec, sink, args))
+}
+
+async fn run_one(
+    settings: Settings,
+    logger: Logger,
+    spec: TaskSpec,
+    sink: LocalDirSink,
+    args: RunArgs,
+) -> ExitCode {
+    let docker = match connect(&settings).await {
+        Ok(docker) => docker,
+        Err(e) => {
+            eprintln!("docker-worker: cannot reach the Docker daemon: {e}");
+            return ExitCode::from(exit::RESOURCE_UNAVAILABLE);
+        }
+    };
+    let docker = DockerActor::new(docker, settings.pull).start();
+    let port = DockerPort::from_addr(&docker);
+    let factory = LocalFactory {
+        docker: port.clone(),
+        sink: Arc::new(sink),
+    };
+    let config = TaskConfig {
+        identity: settings.identity.clone(),
+        shm_size: settings.shm_size,
+        gzip_logs: false,
+        output_drain: settings.output_drain,
+        kill_wait: settings.kill_wait,
+        logger: logger.clone(),
+    };
+    let supervisor = Supervisor::new(1, port, Box::new(factory), config).start();
+    let signalled = Rc::new(Cell::new(None));
+    watch_signals(supervisor.clone(), signalled.clone(), logger.clone());
+
+    let task_id = spec.task_id.clone();
+    let outcome = match supervisor.send(RunTask(spec)).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => {
+            eprintln!("docker-worker: task {task_id} could not start: {e}");
+            return ExitCode::from(exit::INTERNAL_ERROR);
+        }
+        Err(e) => {
+            eprintln!("docker-worker: the supervisor stopped: {e}");
+            return ExitCode::from(exit::INTERNAL_ERROR);
+        }
+    };
+    info!(logger, "run finished"; "taskId" => &outcome.task_id, "resolution" => %outcome.resolution);
+    summarize(&outcome, &args);
+    exit::for_resolution(outcome.resolution, signalled.get())
+}
+
+/// SIGINT and SIGTERM stop the task as a worker shutdown; its container is killed and removed, its log kept.
+fn watch_signals(supervisor: Addr<Supervisor>, signalled: Rc<Cell<Option<u8>>>, logger: Logger) {
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        slog::error!(logger, "could not install signal handlers");
+        return;
+    };
+    actix_rt::spawn(async move {
+        loop {
+            let (code, name) = tokio::select! {
+                _ = int.recv() => (exit::INTERRUPTED, "SIGINT"),
+                _ = term.recv() => (exit::TERMINATED, "SIGTERM"),
+            };
+            if signalled.get().is_none() {
+                signalled.set(Some(code));
+                eprintln!("docker-worker: {name}: stopping the task and removing its container");
+            } else {
+                eprintln!("docker-worker: {name}: still cleaning up; the container is being removed");
+            }
+            supervisor.do_send(Shutdown(StopReason::WorkerShutdown));
+        }
+    });
+}
+
+fn summarize(outcome: &TaskOutcome, args: &RunArgs) {
+    let exit_code = outcome
+        .exit_code
+        .map_or_else(|| "none".to_string(), |c| c.to_string());
+    eprintln!(
+        "docker-worker: task {} run {} resolved as {} (container exit code: {exit_code}) in {:.3} s",
+        outcome.task_id,
+        outcome.run_id,
+        outcome.resolution,
+        outcome.duration.as_secs_f64()
+    );
+    if outcome.artifacts.is_empty() {
+        return;
+    }
+    eprintln!("docker-worker: artifacts in {}:", args.artifacts_dir.display());
+    for artifact in &outcome.artifacts {
+        match artifact {
+            StoredArtifact::File {
+                name,
+                size,
+                content_type,
+                ..
+            } => eprintln!("  {name}  ({size} bytes, {content_type})"),
+            StoredArtifact::Error {
+                name,
+                reason,
+                message,
+                ..
+            } => eprintln!("  {name}  error artifact, {}: {message}", reason.as_str()),
+        }
+    }
+    let summary = args
+        .artifacts_dir
+        .join(docker_worker_actors::artifacts::SUMMARY_FILE);
+    if let Err(e) = write_summary(&summary, outcome) {
+        eprintln!("docker-worker: could not write {}: {e}", summary.display());
+    } else {
+        eprintln!("docker-worker: summary in {}", summary.display());
+    }
+}
+
+/// The sink wrote the artifact index; add the run's own result beside it.
+fn write_summary(path: &std::path::Path, outcome: &TaskOutcome) -> std::io::Result<()> {
+    let mut summary: serde_json::Value = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| serde_json::json!({}));
+    let fields = serde_json::json!({
+        "taskId": outcome.task_id,
+        "runId": outcome.run_id,
+        "state": outcome.resolution.state(),
+        "resolution": outcome.resolution.to_string(),
+        "exitCode": outcome.exit_code,
+        "durationSeconds": outcome.duration.as_secs_f64(),
+    });
+    if let (Some(summary), Some(fields)) = (summary.as_object_mut(), fields.as_object()) {
+        summary.extend(fields.clone());
+    }
+    std::fs::write(
+        path,
+        serde_json::to_vec_pretty(&summary).expect("summary serializes"),
+    )
+}
