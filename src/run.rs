@@ -9,6 +9,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use bollard::Docker;
 use docker_worker_actors::artifacts::{ArtifactPort, ArtifactUploadActor, LocalDirSink, StoredArtifact};
+use docker_worker_actors::attach::Endpoint;
 use docker_worker_actors::docker::{DockerActor, DockerPort};
 use docker_worker_actors::lifecycle::StopReason;
 use docker_worker_actors::log_stream::{LogSink, LogStreamActor};
@@ -55,19 +56,28 @@ impl TaskResourcesFactory for LocalFactory {
 }
 
 /// Connect to the Docker daemon named by the settings (or DOCKER_HOST, or the local socket).
-pub async fn connect(settings: &Settings) -> Result<Docker, String> {
+pub async fn connect(settings: &Settings) -> Result<(Docker, Endpoint), String> {
+    let host = match &settings.docker_host {
+        Some(host) => host.clone(),
+        None => std::env::var("DOCKER_HOST").unwrap_or_else(|_| Endpoint::DEFAULT.to_string()),
+    };
+    let endpoint = Endpoint::parse(&host)?;
     let timeout = settings.request_timeout.as_secs();
-    let docker = match settings.docker_host.as_deref() {
-        None => Docker::connect_with_defaults(),
-        Some(host) if host.starts_with("unix://") || host.starts_with('/') => {
-            Docker::connect_with_unix(host, timeout, bollard::API_DEFAULT_VERSION)
+    let docker = match &endpoint {
+        Endpoint::Unix(path) => {
+            Docker::connect_with_unix(&path.to_string_lossy(), timeout, bollard::API_DEFAULT_VERSION)
         }
-        Some(host) => Docker::connect_with_http(host, timeout, bollard::API_DEFAULT_VERSION),
+        Endpoint::Tcp(addr) => {
+            Docker::connect_with_http(&format!("http://{addr}"), timeout, bollard::API_DEFAULT_VERSION)
+        }
     }
-    .map_err(|e| e.to_string())?
-    .with_timeout(settings.request_timeout);
+    .map_err(|e| format!("{host}: {e}"))?;
     // Speak the daemon's API version, so older engines work too.
-    docker.negotiate_version().await.map_err(|e| e.to_string())
+    let docker = docker
+        .negotiate_version()
+        .await
+        .map_err(|e| format!("{host}: {e}"))?;
+    Ok((docker, endpoint))
 }
 
 /// `docker-worker run`.
@@ -127,14 +137,14 @@ async fn run_one(
     sink: LocalDirSink,
     args: RunArgs,
 ) -> ExitCode {
-    let docker = match connect(&settings).await {
-        Ok(docker) => docker,
+    let (docker, endpoint) = match connect(&settings).await {
+        Ok(connected) => connected,
         Err(e) => {
             eprintln!("docker-worker: cannot reach the Docker daemon: {e}");
             return ExitCode::from(exit::RESOURCE_UNAVAILABLE);
         }
     };
-    let docker = DockerActor::new(docker, settings.pull).start();
+    let docker = DockerActor::new(docker, settings.pull, endpoint).start();
     let port = DockerPort::from_addr(&docker);
     let factory = LocalFactory {
         docker: port.clone(),

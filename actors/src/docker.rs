@@ -9,14 +9,14 @@ use actix::dev::ToEnvelope;
 use actix::prelude::*;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateImageOptionsBuilder, DownloadFromContainerOptionsBuilder,
-    KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-    WaitContainerOptionsBuilder,
+    CreateImageOptionsBuilder, DownloadFromContainerOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use bollard::Docker;
 use bytes::Bytes;
 use futures_util::stream::{Stream, StreamExt, TryStreamExt};
 
+use crate::attach::{attach_raw, Endpoint};
 use crate::log_stream::LogChunk;
 
 /// A stream of bytes out of Docker: a container's output or a tar archive.
@@ -331,12 +331,17 @@ where
 pub struct DockerActor {
     docker: Docker,
     pull: PullPolicy,
+    endpoint: Endpoint,
 }
 
 impl DockerActor {
-    /// An actor over a bollard client.
-    pub fn new(docker: Docker, pull: PullPolicy) -> DockerActor {
-        DockerActor { docker, pull }
+    /// An actor over a bollard client; `endpoint` is the same engine, for raw attaches.
+    pub fn new(docker: Docker, pull: PullPolicy, endpoint: Endpoint) -> DockerActor {
+        DockerActor {
+            docker,
+            pull,
+            endpoint,
+        }
     }
 }
 
@@ -534,19 +539,9 @@ impl Handler<AttachContainer> for DockerActor {
     type Result = ResponseFuture<Result<ByteStream, DockerError>>;
 
     fn handle(&mut self, msg: AttachContainer, _: &mut Context<Self>) -> Self::Result {
-        let docker = self.docker.clone();
-        Box::pin(async move {
-            let options = AttachContainerOptionsBuilder::default()
-                .stdout(true)
-                .stderr(true)
-                .stream(true)
-                .logs(true)
-                .build();
-            let attached = docker.attach_container(&msg.0, Some(options)).await?;
-            let stream: ByteStream =
-                Box::pin(attached.output.map_ok(|out| out.into_bytes()).map_err(bytes_err));
-            Ok(stream)
-        })
+        let endpoint = self.endpoint.clone();
+        let version = self.docker.client_version().to_string();
+        Box::pin(async move { attach_raw(&endpoint, &version, &msg.0).await })
     }
 }
 

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod artifacts;
+pub mod attach;
 pub mod docker;
 pub mod lifecycle;
 pub mod log_stream;

@@ -349,3 +349,71 @@ fn the_example_in_the_readme_runs() {
     assert!(r.artifacts().join("public/logs/date.txt").exists());
     assert!(containers_of_task(&r.task_id).is_empty());
 }
+
+#[test]
+fn bulk_log_and_custom_log_names() {
+    let r = Runner::new(BIN, "bulklog");
+    let mut payload = sh_payload("for i in $(seq 1 100); do echo \"Hello Number $i\"; done", 60);
+    payload["features"] = json!({"bulkLog": true});
+    payload["log"] = json!("private/docker-worker-tests/logs/live.log");
+    let result = r.run(&payload, DEADLINE);
+    assert_eq!(result.code(), Some(0), "{}", result.stderr);
+    let backing = result
+        .artifacts
+        .join("private/docker-worker-tests/logs/live_backing.log");
+    let backing = std::fs::read_to_string(&backing).expect("backing log under the custom name");
+    assert!(!exists(&result.artifacts, "public/logs/live_backing.log"));
+    let gz = std::fs::read(result.artifacts.join("public/logs/terminal_bulk.log.gz")).expect("bulk log");
+    let mut bulk = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut bulk).expect("gzip");
+    assert_eq!(bulk, backing, "the bulk log equals the live log exactly");
+    assert_eq!(backing, result.stdout);
+}
+
+#[test]
+fn without_local_live_log_no_log_artifact_is_kept() {
+    let r = Runner::new(BIN, "nolivelog");
+    let mut payload = sh_payload("echo quiet", 60);
+    payload["features"] = json!({"localLiveLog": false});
+    let result = r.run(&payload, DEADLINE);
+    assert_eq!(result.code(), Some(0));
+    assert!(
+        result.stdout.contains("quiet"),
+        "the terminal still shows the log"
+    );
+    assert!(!exists(&result.artifacts, "public/logs/live_backing.log"));
+}
+
+#[test]
+fn an_unsupported_feature_fails_the_task_before_anything_runs() {
+    let r = Runner::new(BIN, "unsupported");
+    let mut payload = sh_payload("echo should-not-run", 60);
+    payload["features"] = json!({"taskclusterProxy": true});
+    let result = r.run(&payload, DEADLINE);
+    assert_eq!(result.code(), Some(1));
+    assert!(result
+        .stdout
+        .contains("The feature `taskclusterProxy` is not supported by this worker yet"));
+    assert!(!result.stdout.contains("should-not-run\r\n"));
+    assert_no_containers(&result);
+}
+
+#[test]
+fn output_starting_with_control_bytes_is_passed_through_unchanged() {
+    // Bytes 0, 1 and 2 at the start of a chunk look like a multiplexed frame header to a decoder that
+    // guesses; a TTY container's output is raw and must arrive byte for byte.
+    let r = Runner::new(BIN, "ctlbytes");
+    let result = r.run(
+        &sh_payload(
+            "sleep 0.3; printf '\\001\\002\\000abcdefghijkl'; sleep 0.3; echo after",
+            60,
+        ),
+        DEADLINE,
+    );
+    assert_eq!(result.code(), Some(0), "{}", result.stderr);
+    assert!(
+        result.stdout.contains("\u{1}\u{2}\u{0}abcdefghijklafter\r\n"),
+        "{:?}",
+        result.stdout
+    );
+}
