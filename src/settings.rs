@@ -13,7 +13,7 @@ use serde::Deserialize;
 const PROFILES: &[(&str, &str)] = &[
     ("local", include_str!("../config/local.toml")),
     ("test", include_str!("../config/test.toml")),
-    ("production", ""),
+    ("production", include_str!("../config/production.toml")),
 ];
 const DEFAULTS: &str = include_str!("../config/default.toml");
 

@@ -660,7 +660,7 @@ impl Run {
             ))
             .await;
         if let Some(container) = self.container.take() {
-            self.kill_and_remove(container).await;
+            self.remove_container(container).await;
         }
         let closed = self.ports.log.close.send(CloseLog).await;
         let mut resolution = resolution;
@@ -683,8 +683,8 @@ impl Run {
         }
     }
 
-    async fn kill_and_remove(&self, container: String) {
-        let _ = call(&self.ports.docker.kill, KillContainer(container.clone())).await;
+    /// A forced removal kills a container that still runs, so no separate kill is needed.
+    async fn remove_container(&self, container: String) {
         if let Err(e) = call(&self.ports.docker.remove, RemoveContainer(container.clone())).await {
             error!(self.logger, "container removal error"; "container" => &container, "error" => %e);
         } else {

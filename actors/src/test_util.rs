@@ -31,6 +31,8 @@ pub enum FakeExit {
 pub struct FakeDockerScript {
     /// The result of `EnsureImage`.
     pub image: Result<(), ImageError>,
+    /// `EnsureImage` never answers (a pull that hangs).
+    pub image_hangs: bool,
     /// Fail `CreateContainer` with this.
     pub create_error: Option<DockerError>,
     /// Fail `StartContainer` with this.
@@ -49,6 +51,7 @@ impl Default for FakeDockerScript {
     fn default() -> Self {
         FakeDockerScript {
             image: Ok(()),
+            image_hangs: false,
             create_error: None,
             start_error: None,
             output: vec![Bytes::from_static(b"hello\r\n")],
@@ -109,7 +112,11 @@ impl Handler<EnsureImage> for FakeDocker {
     fn handle(&mut self, msg: EnsureImage, _: &mut Context<Self>) -> Self::Result {
         self.record("ensure_image");
         let result = self.script.image.clone();
+        let hangs = self.script.image_hangs;
         Box::pin(async move {
+            if hangs {
+                std::future::pending::<()>().await;
+            }
             let _ = msg
                 .progress
                 .send(crate::log_stream::LogChunk::text(format!(
@@ -197,8 +204,10 @@ impl Handler<KillContainer> for FakeDocker {
 
 impl Handler<RemoveContainer> for FakeDocker {
     type Result = Result<(), DockerError>;
-    fn handle(&mut self, _: RemoveContainer, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: RemoveContainer, _: &mut Context<Self>) -> Self::Result {
         self.record("remove");
+        // A forced removal kills a running container.
+        self.killed(&msg.0).send_replace(true);
         Ok(())
     }
 }

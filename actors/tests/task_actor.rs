@@ -123,15 +123,7 @@ async fn success_completes_with_header_output_and_footer() {
     assert!(footer_line(&log).contains("] Successful task run with exit code: 0 completed in "));
     assert_eq!(
         h.calls(),
-        [
-            "ensure_image",
-            "create",
-            "attach",
-            "start",
-            "wait",
-            "kill",
-            "remove"
-        ]
+        ["ensure_image", "create", "attach", "start", "wait", "remove"]
     );
     // The backing log is stored as an artifact, byte for byte what the log saw.
     let files = h
@@ -254,12 +246,9 @@ async fn cancel_mid_run_kills_and_reports_nothing() {
         record.artifacts.files.lock().unwrap().is_empty(),
         "a canceled run uploads nothing"
     );
-    assert!(h.calls().ends_with(&[
-        "kill".to_string(),
-        "wait".to_string(),
-        "kill".to_string(),
-        "remove".to_string()
-    ]));
+    assert!(h
+        .calls()
+        .ends_with(&["kill".to_string(), "wait".to_string(), "remove".to_string()]));
 }
 
 #[actix_rt::test]
@@ -394,9 +383,11 @@ async fn a_panic_inside_the_task_is_an_internal_error_and_the_container_is_remov
         "{log}"
     );
     assert!(footer_line(&log).contains("Unsuccessful task run with exit code: -1"));
-    let calls = h.calls();
-    assert!(calls.contains(&"kill".to_string()));
-    assert_eq!(calls.last().unwrap(), "remove");
+    assert_eq!(
+        h.calls().last().unwrap(),
+        "remove",
+        "the forced removal kills the container"
+    );
     assert_eq!(h.supervisor.send(RunningTasks).await.unwrap(), 0);
 }
 
@@ -560,4 +551,33 @@ async fn capacity_is_enforced() {
         .await
         .unwrap();
     first.await.unwrap().unwrap().unwrap();
+}
+
+#[actix_rt::test]
+async fn shutdown_during_a_hanging_pull_starts_nothing() {
+    let h = Harness::new(FakeDockerScript {
+        image_hangs: true,
+        ..Default::default()
+    });
+    let run = actix_rt::spawn(h.supervisor.send(RunTask(spec("t-pull", payload(json!({}))))));
+    h.wait_for_call("ensure_image").await;
+    h.supervisor
+        .send(Shutdown(StopReason::WorkerShutdown))
+        .await
+        .unwrap();
+    let outcome = run.await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        outcome.resolution,
+        Resolution::Exception(ExceptionReason::WorkerShutdown)
+    );
+    assert_eq!(
+        h.calls(),
+        ["ensure_image"],
+        "no container is created after a stop"
+    );
+    assert!(h
+        .factory
+        .record("t-pull")
+        .log_text()
+        .contains("Task has been aborted prematurely. Reason: worker-shutdown"));
 }
