@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use bollard::Docker;
-use docker_worker_actors::artifacts::{ArtifactPort, ArtifactUploadActor, LocalDirSink, StoredArtifact};
+use docker_worker_actors::artifacts::{LocalDirSink, StoredArtifact};
 use docker_worker_actors::attach::Endpoint;
 use docker_worker_actors::docker::{DockerActor, DockerPort};
 use docker_worker_actors::lifecycle::StopReason;
-use docker_worker_actors::log_stream::{LogSink, LogStreamActor};
+use docker_worker_actors::log_stream::LogSink;
 use docker_worker_actors::supervisor::{RunTask, Shutdown, Supervisor, TaskResources, TaskResourcesFactory};
 use docker_worker_actors::task::{new_task_id, TaskSpec};
-use docker_worker_actors::task_actor::{LogPort, TaskConfig, TaskOutcome, TaskPorts};
+use docker_worker_actors::task_actor::{TaskConfig, TaskOutcome};
 use slog::{info, Logger};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -31,27 +31,8 @@ struct LocalFactory {
 
 impl TaskResourcesFactory for LocalFactory {
     fn create(&self, _: &TaskSpec) -> std::io::Result<TaskResources> {
-        let scratch = tempfile::Builder::new().prefix("docker-worker-").tempdir()?;
-        let backing = scratch.path().join("live_backing.log");
-        let file = tokio::fs::File::from_std(std::fs::File::create(&backing)?);
-        let log = LogStreamActor::new(vec![
-            LogSink::optional("terminal", tokio::io::stdout()).live(),
-            LogSink::required("backing log", tokio::io::BufWriter::new(file)),
-        ])
-        .start();
-        let artifacts = ArtifactUploadActor::new(self.sink.clone()).start();
-        Ok(TaskResources {
-            ports: TaskPorts {
-                docker: self.docker.clone(),
-                log: LogPort {
-                    chunk: log.clone().recipient(),
-                    close: log.recipient(),
-                },
-                artifacts: ArtifactPort::from_addr(&artifacts),
-                backing_log: Some(backing),
-            },
-            keep_alive: Box::new(scratch),
-        })
+        let terminal = LogSink::optional("terminal", tokio::io::stdout()).live();
+        TaskResources::start(self.docker.clone(), vec![terminal], self.sink.clone())
     }
 }
 

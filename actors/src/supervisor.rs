@@ -9,10 +9,14 @@ use actix::prelude::*;
 use slog::{error, info, Logger};
 use tokio::sync::oneshot;
 
+use std::sync::Arc;
+
+use crate::artifacts::{ArtifactPort, ArtifactSink, ArtifactUploadActor};
 use crate::docker::{call, DockerPort, RemoveTaskContainers};
 use crate::lifecycle::{ExceptionReason, Resolution, StopReason};
+use crate::log_stream::{LogSink, LogStreamActor};
 use crate::task::TaskSpec;
-use crate::task_actor::{StopTask, TaskActor, TaskConfig, TaskOutcome, TaskPorts};
+use crate::task_actor::{LogPort, StopTask, TaskActor, TaskConfig, TaskOutcome, TaskPorts};
 
 /// A task's ports plus whatever must live as long as the task (its scratch directory).
 pub struct TaskResources {
@@ -20,6 +24,35 @@ pub struct TaskResources {
     pub ports: TaskPorts,
     /// Dropped when the task has ended.
     pub keep_alive: Box<dyn Any>,
+}
+
+impl TaskResources {
+    /// Start a task's log and artifact actors: the log goes to `sinks` and to a backing file in a scratch
+    /// directory that lives as long as the task; artifacts go to `artifact_sink`.
+    pub fn start(
+        docker: DockerPort,
+        mut sinks: Vec<LogSink>,
+        artifact_sink: Arc<dyn ArtifactSink>,
+    ) -> std::io::Result<TaskResources> {
+        let scratch = tempfile::Builder::new().prefix("docker-worker-").tempdir()?;
+        let backing = scratch.path().join("live_backing.log");
+        let file = tokio::fs::File::from_std(std::fs::File::create(&backing)?);
+        sinks.push(LogSink::required("backing log", tokio::io::BufWriter::new(file)));
+        let log = LogStreamActor::new(sinks).start();
+        let artifacts = ArtifactUploadActor::new(artifact_sink).start();
+        Ok(TaskResources {
+            ports: TaskPorts {
+                docker,
+                log: LogPort {
+                    chunk: log.clone().recipient(),
+                    close: log.recipient(),
+                },
+                artifacts: ArtifactPort::from_addr(&artifacts),
+                backing_log: Some(backing),
+            },
+            keep_alive: Box::new(scratch),
+        })
+    }
 }
 
 /// Builds the per-task actors (log, artifacts) for each new task.

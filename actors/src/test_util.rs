@@ -10,12 +10,12 @@ use futures_util::stream::{self, StreamExt};
 use slog::{o, Discard, Logger};
 use tokio::sync::watch;
 
-use crate::artifacts::{ArtifactPort, ArtifactUploadActor, MemoryArtifactSink};
+use crate::artifacts::MemoryArtifactSink;
 use crate::docker::*;
-use crate::log_stream::{LogSink, LogStreamActor, MemorySink};
+use crate::log_stream::{LogSink, MemorySink};
 use crate::supervisor::{TaskResources, TaskResourcesFactory};
 use crate::task::{TaskSpec, WorkerIdentity};
-use crate::task_actor::{LogPort, TaskConfig, TaskPorts};
+use crate::task_actor::TaskConfig;
 
 /// How the fake container ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,26 +311,10 @@ impl TaskResourcesFactory for MemoryFactory {
             .lock()
             .expect("records lock")
             .insert(spec.task_id.clone(), record.clone());
-        let dir = tempfile::tempdir()?;
-        let backing = dir.path().join("live_backing.log");
-        let file = std::fs::File::create(&backing)?;
-        let log = LogStreamActor::new(vec![
-            LogSink::optional("memory", record.log.clone()),
-            LogSink::required("backing", tokio::fs::File::from_std(file)),
-        ])
-        .start();
-        let artifacts = ArtifactUploadActor::new(Arc::new(record.artifacts.clone())).start();
-        Ok(TaskResources {
-            ports: TaskPorts {
-                docker: self.docker.clone(),
-                log: LogPort {
-                    chunk: log.clone().recipient(),
-                    close: log.recipient(),
-                },
-                artifacts: ArtifactPort::from_addr(&artifacts),
-                backing_log: Some(backing),
-            },
-            keep_alive: Box::new(dir),
-        })
+        TaskResources::start(
+            self.docker.clone(),
+            vec![LogSink::optional("memory", record.log.clone())],
+            Arc::new(record.artifacts.clone()),
+        )
     }
 }
