@@ -166,18 +166,6 @@ impl Handler<StopTask> for TaskActor {
     }
 }
 
-/// Why the run stopped before its natural end, inside `execute`.
-enum Halt {
-    /// The log could not be written.
-    Log(LogError),
-}
-
-impl From<LogError> for Halt {
-    fn from(e: LogError) -> Self {
-        Halt::Log(e)
-    }
-}
-
 struct Run {
     spec: TaskSpec,
     ports: TaskPorts,
@@ -208,7 +196,7 @@ impl Run {
         let executed = AssertUnwindSafe(self.execute()).catch_unwind().await;
         let fault = match executed {
             Ok(Ok(())) => None,
-            Ok(Err(Halt::Log(e))) => Some(format!("the task log could not be written: {e}")),
+            Ok(Err(e)) => Some(format!("the task log could not be written: {e}")),
             Err(panic) => Some(format!("panic: {}", panic_message(panic.as_ref()))),
         };
         if let Some(fault) = fault {
@@ -258,7 +246,7 @@ impl Run {
     }
 
     /// Checkpoint between steps: a stop that arrived meanwhile aborts the run here.
-    async fn checkpoint(&mut self) -> Result<bool, Halt> {
+    async fn checkpoint(&mut self) -> Result<bool, LogError> {
         if let Some(reason) = self.stop_requested() {
             self.on_stop(reason).await?;
             return Ok(true);
@@ -266,7 +254,7 @@ impl Run {
         Ok(self.state.is_aborting())
     }
 
-    async fn on_stop(&mut self, reason: StopReason) -> Result<(), Halt> {
+    async fn on_stop(&mut self, reason: StopReason) -> Result<(), LogError> {
         if self.state.is_aborting() {
             return Ok(());
         }
@@ -297,7 +285,7 @@ impl Run {
         }
     }
 
-    async fn execute(&mut self) -> Result<(), Halt> {
+    async fn execute(&mut self) -> Result<(), LogError> {
         let id = &self.config.identity;
         self.write(header(&HeaderFields {
             task_id: &self.spec.task_id,
@@ -394,11 +382,15 @@ impl Run {
         }
         let pumped = match pumped {
             Some(done) => Ok(done),
-            None => tokio::time::timeout(self.config.output_drain, pump).await,
+            None => {
+                let drained = tokio::time::timeout(self.config.output_drain, &mut pump).await;
+                pump.abort();
+                drained
+            }
         };
         match pumped {
             Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => return Err(Halt::Log(e)),
+            Ok(Ok(Err(e))) => return Err(e),
             Ok(Err(join)) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
             Ok(Err(join)) => warn!(self.logger, "output pump stopped"; "error" => %join),
             Err(_) => warn!(self.logger, "output did not end after the container exited"),
@@ -418,7 +410,7 @@ impl Run {
     }
 
     /// Validate the payload and what it asks of this worker. `None` when the run ends here.
-    async fn validate(&mut self) -> Result<Option<Payload>, Halt> {
+    async fn validate(&mut self) -> Result<Option<Payload>, LogError> {
         let parsed = match self.spec.expires {
             Some(expires) => parse_task_payload(&self.spec.payload, expires),
             None => parse_payload(&self.spec.payload),
@@ -451,7 +443,7 @@ impl Run {
         Ok(Some(payload))
     }
 
-    async fn ensure_image(&mut self, payload: &Payload) -> Result<Option<String>, Halt> {
+    async fn ensure_image(&mut self, payload: &Payload) -> Result<Option<String>, LogError> {
         let Image::DockerImage { name } = &payload.image else {
             unreachable!("unsupported() refuses other image types");
         };
@@ -536,7 +528,7 @@ impl Run {
         &mut self,
         payload: &Payload,
         image: String,
-    ) -> Result<Option<ByteStream>, Halt> {
+    ) -> Result<Option<ByteStream>, LogError> {
         let spec = self.container_spec(payload, image);
         let created = call(&self.ports.docker.create, CreateContainer(spec)).await;
         let container = match created {
@@ -559,7 +551,7 @@ impl Run {
         }
     }
 
-    async fn start_failed(&mut self, e: DockerError) -> Result<(), Halt> {
+    async fn start_failed(&mut self, e: DockerError) -> Result<(), LogError> {
         error!(self.logger, "error starting container"; "error" => %e);
         if e.is_task_fault() {
             self.event(TaskEvent::ContainerStartFailed);
@@ -573,7 +565,7 @@ impl Run {
     }
 
     /// Copy each `payload.artifacts` entry out of the container. False when any upload failed.
-    async fn collect_artifacts(&mut self, payload: &Payload, container: &str) -> Result<bool, Halt> {
+    async fn collect_artifacts(&mut self, payload: &Payload, container: &str) -> Result<bool, LogError> {
         let mut ok = true;
         for (name, spec) in &payload.artifacts {
             let expires = spec.expires.or(self.spec.expires);
