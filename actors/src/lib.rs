@@ -14,6 +14,7 @@ pub mod lifecycle;
 pub mod log_stream;
 pub mod logfmt;
 pub mod payload;
+pub mod queue;
 pub mod supervisor;
 pub mod task;
 pub mod task_actor;
