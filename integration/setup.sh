@@ -445,6 +445,41 @@ ensure_image() {
 }
 
 # ---------------------------------------------------------------------------
+# 4. Python client for the queue double's test (integration/tests/queue_double.rs)
+#    >>> queue-double step: installs the official Taskcluster Python client
+# ---------------------------------------------------------------------------
+TASKCLUSTER_PY_VERSION=113.2.0
+
+# The python3 the tests will run is the first on the caller's PATH, which this
+# script has prefixed with the system directories; look past that prefix.
+caller_python3() {
+    local prefix="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    local caller_path="${PATH#"$prefix"}"
+    caller_path="${caller_path#:}"
+    PATH="${caller_path:-$PATH}" command -v python3 || command -v python3 || true
+}
+
+ensure_python_taskcluster() {
+    local py
+    py="$(caller_python3)"
+    [[ -n "$py" ]] || die "python3 not found; the queue double's Python client test needs python3 with pip"
+    if "$py" -c 'import taskcluster' >/dev/null 2>&1; then
+        log "python package taskcluster present ($py)"
+        return 0
+    fi
+    log "installing python package taskcluster==$TASKCLUSTER_PY_VERSION for $py"
+    # pip's chatter goes to stderr: stdout carries only the image line.
+    "$py" -m pip install --quiet --disable-pip-version-check \
+        "taskcluster==$TASKCLUSTER_PY_VERSION" </dev/null 1>&2 9>&- ||
+        die "pip install taskcluster==$TASKCLUSTER_PY_VERSION failed for $py"
+    "$py" -c 'import taskcluster' >/dev/null 2>&1 ||
+        die "python package taskcluster still cannot be imported by $py after pip install"
+    log "installed python package taskcluster==$TASKCLUSTER_PY_VERSION"
+}
+#    <<< queue-double step
+# ---------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------
 main() {
     [[ -n "$TEST_IMAGE" ]] || die "$FIXTURES_DIR/test-image is empty"
     # One setup at a time (e.g. two test jobs starting together).
@@ -455,6 +490,7 @@ main() {
     ensure_packages
     ensure_dockerd
     ensure_image
+    ensure_python_taskcluster # queue-double step
 
     log "done in $((SECONDS - START_SECONDS))s"
     printf 'DOCKER_WORKER_TEST_IMAGE=%s\n' "$TEST_IMAGE"

@@ -4,6 +4,8 @@
 //! Tests that need Docker fail when it is missing; they never skip. Run `integration/setup.sh` first.
 #![forbid(unsafe_code)]
 
+pub mod queue_double;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

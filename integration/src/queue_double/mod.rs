@@ -1,0 +1,331 @@
+//! A test double of the Taskcluster Queue: the worker-facing endpoints (`claimWork`, `reclaimTask`,
+//! `reportCompleted`, `reportFailed`, `reportException`) and the task endpoints a harness needs
+//! (`createTask`, `task`, `status`, `cancelTask`, `ping`), served over HTTP with Hawk authentication
+//! and checked against Taskcluster's own api.json and schemas in `shared/taskcluster`.
+//!
+//! It follows the real Queue's code (v106): the order of its checks, its error codes and messages,
+//! the run lifecycle of its DB functions, claim expiry, the deadline resolver, retries, the temporary
+//! credentials it issues with each claim, and the scopes each endpoint needs.
+//!
+//! ```no_run
+//! use docker_worker_integration::queue_double::{new_task_id, task_definition, Options, QueueDouble};
+//! let queue = QueueDouble::start(Options::default());
+//! let task_id = new_task_id();
+//! queue.create_task(&task_id, task_definition("proj/wt", serde_json::json!({"image": "x"})));
+//! // … point a worker at queue.root_url() with queue.root_credentials() …
+//! queue.wait_for(&task_id, |s| s["state"] == "completed", std::time::Duration::from_secs(30));
+//! ```
+
+pub mod hawk;
+pub mod queue;
+pub mod schemas;
+pub mod scopes;
+pub mod server;
+pub mod state;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+pub use queue::{ApiError, Fault, ROUTES};
+use queue::{Core, Timing};
+use state::{fmt_time, now_ms};
+
+/// How the double behaves.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `takenUntil = now + claim_timeout` at claim and reclaim (the Queue's default: 1200 s).
+    pub claim_timeout: Duration,
+    /// How long `claimWork` holds a call when there is no work (the Queue's: 20 s).
+    pub claim_work_wait: Duration,
+    /// The deadline resolver resolves a task this long after its deadline (the Queue's: 60 s).
+    pub deadline_delay: Duration,
+    /// How often the claim and deadline resolvers look (the Queue's claim resolver: 5 s).
+    pub sweep_interval: Duration,
+    /// The port on 127.0.0.1; 0 picks a free one.
+    pub port: u16,
+    /// The root client (scope `*`); `None` makes up a clientId and a random accessToken.
+    pub root_client: Option<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            claim_timeout: Duration::from_secs(1200),
+            claim_work_wait: Duration::from_secs(20),
+            deadline_delay: Duration::from_secs(60),
+            sweep_interval: Duration::from_secs(1),
+            port: 0,
+            root_client: None,
+        }
+    }
+}
+
+/// Why the double could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The schemas or api.json.
+    #[error(transparent)]
+    Schemas(#[from] schemas::SchemaError),
+    /// The routes or schemas do not fit together.
+    #[error("{0}")]
+    Setup(String),
+    /// Binding or running the HTTP server.
+    #[error("the HTTP server could not start: {0}")]
+    Server(#[from] std::io::Error),
+}
+
+/// A running queue double. Dropping it stops the server.
+pub struct QueueDouble {
+    core: Arc<Core>,
+    addr: SocketAddr,
+    root: (String, String),
+    server: actix_web::dev::ServerHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A new taskId: a "nice" slugid, matching the Queue's taskId pattern.
+pub fn new_task_id() -> String {
+    hawk::slugid()
+}
+
+/// A valid minimal task definition for `task_queue_id`: created now, deadline in an hour, metadata
+/// filled in.
+pub fn task_definition(task_queue_id: &str, payload: Value) -> Value {
+    let now = now_ms();
+    json!({
+        "taskQueueId": task_queue_id,
+        "created": fmt_time(now),
+        "deadline": fmt_time(now + chrono::Duration::hours(1)),
+        "payload": payload,
+        "metadata": {
+            "name": "queue double test task",
+            "description": "A task created by docker-worker's tests.",
+            "owner": "docker-worker-tests@example.com",
+            "source": "https://github.com/taskcluster/docker-worker",
+        },
+    })
+}
+
+impl QueueDouble {
+    /// Start the double on 127.0.0.1 (port from `options`, 0 by default) in its own thread with its
+    /// own actix System. Panics if it cannot start (for example when `shared/` is missing).
+    pub fn start(options: Options) -> QueueDouble {
+        QueueDouble::try_start(options).unwrap_or_else(|e| panic!("the queue double could not start: {e}"))
+    }
+
+    /// Like [`QueueDouble::start`], returning the error.
+    pub fn try_start(options: Options) -> Result<QueueDouble, StartError> {
+        let schemas = schemas::Schemas::load()?;
+        let entries = schemas::load_api_entries()?;
+        let root = options.root_client.clone().unwrap_or_else(|| {
+            (
+                "static/taskcluster/root".to_string(),
+                format!("{}{}", hawk::slugid(), hawk::slugid()),
+            )
+        });
+        let mut clients = HashMap::new();
+        clients.insert(
+            root.0.clone(),
+            hawk::Client {
+                access_token: root.1.clone(),
+                scopes: vec!["*".to_string()],
+            },
+        );
+        let timing = Timing {
+            claim_timeout: options.claim_timeout,
+            claim_work_wait: options.claim_work_wait,
+            deadline_delay: options.deadline_delay,
+        };
+        let core = Arc::new(Core::new(schemas, entries, clients, timing).map_err(StartError::Setup)?);
+
+        let (tx, rx) = mpsc::channel();
+        let thread_core = core.clone();
+        let sweep_every = options.sweep_interval.max(Duration::from_millis(10));
+        let port = options.port;
+        let thread = std::thread::Builder::new()
+            .name("queue-double".into())
+            .spawn(move || {
+                let system = actix_rt::System::new();
+                system.block_on(async move {
+                    let app_core = thread_core.clone();
+                    let bound = actix_web::HttpServer::new(move || {
+                        actix_web::App::new().configure(server::configure(app_core.clone()))
+                    })
+                    .workers(2)
+                    .disable_signals()
+                    .shutdown_timeout(1)
+                    .bind(("127.0.0.1", port));
+                    let server = match bound {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let addr = server.addrs()[0];
+                    let running = server.run();
+                    let sweeper_core = thread_core.clone();
+                    actix_rt::spawn(async move {
+                        let mut every = actix_rt::time::interval(sweep_every);
+                        loop {
+                            every.tick().await;
+                            sweeper_core.sweep();
+                        }
+                    });
+                    let _ = tx.send(Ok((addr, running.handle())));
+                    let _ = running.await;
+                });
+            })?;
+        let (addr, server) = rx.recv().map_err(|_| {
+            StartError::Setup("the queue double's server thread died while starting".into())
+        })??;
+        Ok(QueueDouble {
+            core,
+            addr,
+            root,
+            server,
+            thread: Some(thread),
+        })
+    }
+
+    /// The root URL, e.g. `http://127.0.0.1:41234`; the Queue is at `<root>/api/queue/v1/`.
+    pub fn root_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `(clientId, accessToken)` of a client with scope `*`.
+    pub fn root_credentials(&self) -> (String, String) {
+        self.root.clone()
+    }
+
+    /// Add (or replace) a permanent client with these scopes (`&["a", "b"]`, `vec![String]`, …).
+    pub fn add_client<S: AsRef<str>>(
+        &self,
+        client_id: &str,
+        access_token: &str,
+        scopes: impl IntoIterator<Item = S>,
+    ) {
+        let scopes = scopes.into_iter().map(|s| s.as_ref().to_string()).collect();
+        self.core.add_client(client_id, access_token, scopes);
+    }
+
+    /// [`new_task_id`], for callers that only import `QueueDouble`.
+    pub fn new_task_id() -> String {
+        new_task_id()
+    }
+
+    /// [`task_definition`], for callers that only import `QueueDouble`.
+    pub fn task_definition(task_queue_id: &str, payload: Value) -> Value {
+        task_definition(task_queue_id, payload)
+    }
+
+    /// createTask through the same checks as over HTTP (minus authentication); returns the task
+    /// status. Panics on an error reply.
+    pub fn create_task(&self, task_id: &str, definition: Value) -> Value {
+        match self.try_create_task(task_id, definition) {
+            Ok(status) => status,
+            Err(e) => panic!("createTask {task_id} failed: {e}"),
+        }
+    }
+
+    /// createTask, returning the error reply instead of panicking.
+    pub fn try_create_task(&self, task_id: &str, definition: Value) -> Result<Value, ApiError> {
+        let reply = self
+            .core
+            .internal_call("createTask", &[("taskId", task_id)], definition)?;
+        Ok(reply["status"].clone())
+    }
+
+    /// The task's status (the `status` member of the `status` reply). Panics if there is no such task.
+    pub fn status(&self, task_id: &str) -> Value {
+        match self
+            .core
+            .internal_call("status", &[("taskId", task_id)], json!({}))
+        {
+            Ok(reply) => reply["status"].clone(),
+            Err(e) => panic!("status {task_id} failed: {e}"),
+        }
+    }
+
+    /// cancelTask; returns the task status. Panics on an error reply.
+    pub fn cancel_task(&self, task_id: &str) -> Value {
+        match self
+            .core
+            .internal_call("cancelTask", &[("taskId", task_id)], json!({}))
+        {
+            Ok(reply) => reply["status"].clone(),
+            Err(e) => panic!("cancelTask {task_id} failed: {e}"),
+        }
+    }
+
+    /// The task definition as `task` returns it. Panics if there is no such task.
+    pub fn task(&self, task_id: &str) -> Value {
+        match self.core.internal_call("task", &[("taskId", task_id)], json!({})) {
+            Ok(reply) => reply,
+            Err(e) => panic!("task {task_id} failed: {e}"),
+        }
+    }
+
+    /// Answer the next `n` calls of `endpoint` (an api.json name such as `claimWork`) with a 500.
+    pub fn fail_next(&self, endpoint: &str, n: usize) {
+        self.core.queue_faults(endpoint, n, Fault::Fail);
+    }
+
+    /// Hold the next `n` calls of `endpoint` for `delay`, then answer them normally.
+    pub fn delay_next(&self, endpoint: &str, n: usize, delay: Duration) {
+        self.core.queue_faults(endpoint, n, Fault::Delay(delay));
+    }
+
+    /// Close the connection of the next `n` calls of `endpoint` without an answer (and without
+    /// acting on them).
+    pub fn drop_next(&self, endpoint: &str, n: usize) {
+        self.core.queue_faults(endpoint, n, Fault::Drop);
+    }
+
+    /// How many HTTP calls `endpoint` has received, faulted ones included.
+    pub fn calls(&self, endpoint: &str) -> usize {
+        self.core.calls(endpoint)
+    }
+
+    /// Block until `endpoint` has received at least `n` HTTP calls; panics after `timeout`.
+    pub fn wait_for_calls(&self, endpoint: &str, n: usize, timeout: Duration) {
+        let count = self.core.wait_for_calls(endpoint, n, timeout);
+        assert!(
+            count >= n,
+            "{endpoint} received {count} calls, not {n}, within {timeout:?}"
+        );
+    }
+
+    /// Block until the task's status satisfies `predicate`, waking on every change; panics with the
+    /// last status once `timeout` has passed.
+    pub fn wait_for(&self, task_id: &str, predicate: impl Fn(&Value) -> bool, timeout: Duration) -> Value {
+        match self.core.wait_for_status(task_id, timeout, &predicate) {
+            Ok(status) => status,
+            Err(Some(status)) => panic!(
+                "task {task_id} did not reach the awaited status within {timeout:?}; its status is:\n{}",
+                serde_json::to_string_pretty(&status).unwrap_or_default()
+            ),
+            Err(None) => panic!("task {task_id} does not exist after {timeout:?}"),
+        }
+    }
+}
+
+impl Drop for QueueDouble {
+    fn drop(&mut self) {
+        // `stop` sends its command at once; the returned future only waits for completion.
+        drop(self.server.stop(false));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! The HTTP face of the double: actix-web routes under `/api/queue/v1`, one per endpoint of
+//! [`ROUTES`], and the reply and error shapes of `libraries/api`.
+
+use std::sync::Arc;
+
+use actix_web::http::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Map, Value};
+
+use super::hawk::{Incoming, SignedRequest};
+use super::queue::{ApiError, Call, Caller, Core, Fault, ROUTES, WILDCARD_PARAMS};
+use super::state::{fmt_time, now_ms};
+
+/// Where the Queue's API lives under the root URL.
+pub const API_PREFIX: &str = "/api/queue/v1";
+
+/// The largest body accepted (the Queue's `inputLimit`).
+const INPUT_LIMIT: usize = 10 * 1024 * 1024;
+
+/// An api.json route (`/task/<taskId>`) as an actix-web path (`/task/{taskId}`); wildcard parameters
+/// take the rest of the path, slashes included.
+pub fn actix_path(route: &str) -> String {
+    let mut out = String::from(API_PREFIX);
+    let mut rest = route;
+    while let Some(start) = rest.find('<') {
+        let end = rest[start..].find('>').map_or(rest.len(), |e| start + e);
+        let name = &rest[start + 1..end];
+        out.push_str(&rest[..start]);
+        if WILDCARD_PARAMS.contains(&name) {
+            out.push_str(&format!("{{{name}:.*}}"));
+        } else {
+            out.push_str(&format!("{{{name}}}"));
+        }
+        rest = rest.get(end + 1..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Register every served endpoint on an actix-web app.
+pub fn configure(core: Arc<Core>) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(web::PayloadConfig::new(INPUT_LIMIT));
+        // One resource per path, one route per method on it (PUT and GET share /task/<taskId>).
+        let mut paths: Vec<String> = ROUTES.iter().map(|(_, _, r)| actix_path(r)).collect();
+        paths.dedup();
+        let mut seen = std::collections::HashSet::new();
+        for path in paths {
+            if !seen.insert(path.clone()) {
+                continue;
+            }
+            let mut resource = web::resource(path.as_str());
+            for (name, method, route) in ROUTES {
+                if actix_path(route) != path {
+                    continue;
+                }
+                let method = actix_web::http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+                    .expect("api.json methods are HTTP methods");
+                let core = core.clone();
+                let name: &'static str = name;
+                resource =
+                    resource.route(web::method(method).to(move |req: HttpRequest, body: web::Bytes| {
+                        let core = core.clone();
+                        async move { dispatch(core, name, req, body).await }
+                    }));
+            }
+            cfg.service(resource);
+        }
+        cfg.default_service(web::to(|req: HttpRequest| async move {
+            json_reply(
+                StatusCode::NOT_FOUND,
+                &json!({
+                    "code": "ResourceNotFound",
+                    "message": format!("{} {} is not an endpoint of the queue double", req.method(), req.path()),
+                    "requestInfo": {"method": "", "params": {}, "payload": {}, "time": fmt_time(now_ms())},
+                }),
+            )
+        }));
+    }
+}
+
+fn json_reply(status: StatusCode, body: &Value) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("application/json; charset=utf-8")
+        .insert_header(("cache-control", "no-store no-cache must-revalidate"))
+        .body(body.to_string())
+}
+
+/// The error shape of `express-error.js`, trailer included.
+fn error_reply(name: &str, err: &ApiError, params: &Map<String, Value>, payload: &Value) -> HttpResponse {
+    let status = err.status();
+    let time = fmt_time(now_ms());
+    let message = format!(
+        "{}\n\n---\n\n* method:     {name}\n* errorCode:  {}\n* statusCode: {status}\n* time:       {time}",
+        err.message, err.code
+    );
+    let body = json!({
+        "code": err.code,
+        "message": message,
+        "requestInfo": {"method": name, "params": params, "payload": payload, "time": time},
+    });
+    let mut reply = json_reply(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &body,
+    );
+    if status == 401 {
+        reply.headers_mut().insert(
+            actix_web::http::header::WWW_AUTHENTICATE,
+            actix_web::http::header::HeaderValue::from_static("hawk"),
+        );
+    }
+    reply
+}
+
+/// A reply whose body fails before anything is written: actix-web then closes the connection without
+/// sending a response.
+fn dropped_connection() -> HttpResponse {
+    let failing = futures_util::stream::once(async {
+        Err::<web::Bytes, std::io::Error>(std::io::Error::other("queue double: dropping the connection"))
+    });
+    HttpResponse::Ok().streaming(failing)
+}
+
+fn header(headers: &HeaderMap, name: impl actix_web::http::header::AsHeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `type-is`'s `application/json` check, ignoring parameters.
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|c| c.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Host and port as hawk's `parseHost` and the API library's forwarded-port handling see them.
+fn host_and_port(headers: &HeaderMap) -> (String, u16) {
+    let host = header(headers, HOST).unwrap_or_default().trim();
+    let (name, port) = match host.strip_prefix('[') {
+        // `[::1]:8080`
+        Some(rest) => match rest.split_once(']') {
+            Some((addr, tail)) => (
+                format!("[{addr}]"),
+                tail.strip_prefix(':').and_then(|p| p.parse().ok()),
+            ),
+            None => (host.to_string(), None),
+        },
+        None => match host.split_once(':') {
+            Some((n, p)) => (n.to_string(), p.parse().ok()),
+            None => (host.to_string(), None),
+        },
+    };
+    let mut port: u16 = port.unwrap_or(80);
+    if let Some(p) = header(headers, "x-forwarded-port").and_then(|p| p.trim().parse().ok()) {
+        port = p;
+    } else if header(headers, "x-forwarded-proto") == Some("https") {
+        port = 443;
+    }
+    (name, port)
+}
+
+async fn dispatch(core: Arc<Core>, name: &'static str, req: HttpRequest, bytes: web::Bytes) -> HttpResponse {
+    let entry = core.entry(name);
+    let mut params = Map::new();
+    for arg in &entry.args {
+        let raw = req.match_info().get(arg).unwrap_or_default();
+        // `%2F` and a raw `/` both become `/` (flatten-params.js re-joins wildcard segments).
+        let decoded = percent_encoding::percent_decode_str(raw)
+            .decode_utf8_lossy()
+            .into_owned();
+        params.insert(arg.clone(), Value::String(decoded));
+    }
+    match core.record_call(name) {
+        Some(Fault::Fail) => {
+            let err = ApiError::new(
+                "InternalServerError",
+                "Internal Server Error, incidentId queue-double-injected-fault.",
+            );
+            return error_reply(name, &err, &params, &json!({}));
+        }
+        Some(Fault::Drop) => return dropped_connection(),
+        Some(Fault::Delay(d)) => actix_rt::time::sleep(d).await,
+        None => {}
+    }
+
+    let headers = req.headers();
+    let content_type = header(headers, CONTENT_TYPE);
+    let has_body = headers.contains_key(TRANSFER_ENCODING)
+        || header(headers, CONTENT_LENGTH).is_some_and(|l| l.trim().parse::<u64>().is_ok());
+    let json_body = has_body && is_json(content_type);
+    // parse.js: only a JSON content type is read; anything else is `{}` with an empty text.
+    let (text, body): (&[u8], Value) = if json_body && !bytes.is_empty() {
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(v @ (Value::Object(_) | Value::Array(_))) => (&bytes, v),
+            Ok(_) => {
+                let err = ApiError::new(
+                    "MalformedPayload",
+                    "Failed to parse JSON: Must be an object or array",
+                );
+                return error_reply(name, &err, &params, &json!({}));
+            }
+            Err(e) => {
+                let err = ApiError::new("MalformedPayload", format!("Failed to parse JSON: {e}"));
+                return error_reply(name, &err, &params, &json!({}));
+            }
+        }
+    } else {
+        (&[], json!({}))
+    };
+
+    let (host, port) = host_and_port(headers);
+    let resource = req
+        .uri()
+        .path_and_query()
+        .map_or(req.path(), |pq| pq.as_str())
+        .to_string();
+    let has_bewit = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv.split('=').next() == Some("bewit")));
+    let auth = core.authenticate(&Incoming {
+        request: SignedRequest {
+            method: req.method().as_str(),
+            resource: &resource,
+            host: &host,
+            port,
+        },
+        authorization: header(headers, actix_web::http::header::AUTHORIZATION),
+        has_bewit,
+        body_text: text,
+        content_type,
+    });
+
+    let mut call = Call {
+        entry,
+        params: params.clone(),
+        body,
+        caller: Caller::Http(auth),
+    };
+    let result = async {
+        core.prepare(&mut call, json_body)?;
+        let reply = if name == "claimWork" {
+            let (queue, wg, wid, count) = core.authorize_claim(&call)?;
+            core.claim_work(&queue, &wg, &wid, count).await
+        } else {
+            core.handle(&call)?
+        };
+        core.check_output(entry, &reply)?;
+        Ok::<Value, ApiError>(reply)
+    }
+    .await;
+    match result {
+        Ok(reply) => json_reply(StatusCode::OK, &reply),
+        Err(err) => error_reply(name, &err, &params, &call.body),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_become_actix_paths() {
+        assert_eq!(
+            actix_path("/task/<taskId>/status"),
+            "/api/queue/v1/task/{taskId}/status"
+        );
+        assert_eq!(
+            actix_path("/claim-work/<taskQueueId>"),
+            "/api/queue/v1/claim-work/{taskQueueId:.*}"
+        );
+        assert_eq!(actix_path("/ping"), "/api/queue/v1/ping");
+    }
+
+    #[test]
+    fn host_header_gives_host_and_port() {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, "127.0.0.1:4321".parse().unwrap());
+        assert_eq!(host_and_port(&h), ("127.0.0.1".to_string(), 4321));
+        h.insert(HOST, "example.com".parse().unwrap());
+        assert_eq!(host_and_port(&h), ("example.com".to_string(), 80));
+    }
+}
