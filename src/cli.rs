@@ -16,6 +16,9 @@ pub struct Cli {
 pub enum Command {
     /// Run one task locally, with no queue: its log goes to the terminal, its artifacts to a directory.
     Run(RunArgs),
+    /// Run the daemon: claim tasks from the Taskcluster Queue and run them until stopped.
+    /// SIGTERM/SIGINT abort running tasks as worker-shutdown; SIGQUIT drains (finish them, then exit).
+    Start(StartArgs),
     /// Check a task file's payload and print every problem, without running anything.
     Validate(ValidateArgs),
 }
@@ -23,9 +26,10 @@ pub enum Command {
 /// Where configuration comes from.
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
-    /// Configuration profile from config/: local, test or production.
-    #[arg(long, default_value = "local", env = "DOCKER_WORKER_PROFILE")]
-    pub profile: String,
+    /// Configuration profile from config/: local, test or production
+    /// (default: local for `run`, production for `start`).
+    #[arg(long, env = "DOCKER_WORKER_PROFILE")]
+    pub profile: Option<String>,
     /// A TOML file layered over the profile.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -47,6 +51,12 @@ pub struct RunArgs {
     /// The run id.
     #[arg(long, default_value_t = 0)]
     pub run_id: u32,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
 }

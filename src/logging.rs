@@ -41,13 +41,14 @@ pub fn init(settings: &Settings, stderr: bool) -> (Logger, LoggingGuard) {
                     "type" => slog::PushFnValue(|r, ser| ser.emit(r.msg())),
                 ))
                 .build()
-                .fuse();
-            Box::new(slog_async::Async::new(json).build().fuse())
+                .ignore_res();
+            // A closed stdout must never take the worker down: events are dropped instead.
+            Box::new(slog_async::Async::new(json).build().ignore_res())
         }
         LogFormat::Terminal => {
             let decorator = slog_term::TermDecorator::new().stderr().build();
-            let term = slog_term::FullFormat::new(decorator).build().fuse();
-            Box::new(slog_async::Async::new(term).build().fuse())
+            let term = slog_term::FullFormat::new(decorator).build().ignore_res();
+            Box::new(slog_async::Async::new(term).build().ignore_res())
         }
     };
     let drain = slog::LevelFilter::new(drain, settings.log_level).fuse();

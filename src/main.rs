@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod daemon;
 mod exit;
 mod logging;
 mod run;
@@ -16,6 +17,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cli.command {
         cli::Command::Run(args) => run::main(args),
+        cli::Command::Start(args) => daemon::main(args),
         cli::Command::Validate(args) => taskfile::validate_main(&args.file),
     }
 }

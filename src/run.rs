@@ -61,10 +61,24 @@ pub async fn connect(settings: &Settings) -> Result<(Docker, Endpoint), String> 
     Ok((docker, endpoint))
 }
 
+/// The settings every task run gets. `gzip_logs` for logs bound for the Queue.
+pub fn task_config(settings: &Settings, gzip_logs: bool, logger: Logger) -> TaskConfig {
+    TaskConfig {
+        identity: settings.identity.clone(),
+        shm_size: settings.shm_size,
+        gzip_logs,
+        output_drain: settings.output_drain,
+        kill_wait: settings.kill_wait,
+        reclaim_divisor: settings.queue.reclaim_divisor,
+        cancel_poll: settings.queue.cancel_poll,
+        logger,
+    }
+}
+
 /// `docker-worker run`.
 pub fn main(args: RunArgs) -> ExitCode {
     let settings = match Settings::load(&Sources {
-        profile: &args.config.profile,
+        profile: args.config.profile.as_deref().unwrap_or("local"),
         file: args.config.config.as_deref(),
         overrides: &args.config.overrides,
     }) {
@@ -131,14 +145,7 @@ async fn run_one(
         docker: port.clone(),
         sink: Arc::new(sink),
     };
-    let config = TaskConfig {
-        identity: settings.identity.clone(),
-        shm_size: settings.shm_size,
-        gzip_logs: false,
-        output_drain: settings.output_drain,
-        kill_wait: settings.kill_wait,
-        logger: logger.clone(),
-    };
+    let config = task_config(&settings, false, logger.clone());
     let supervisor = Supervisor::new(1, port, Box::new(factory), config).start();
     let signalled = Rc::new(Cell::new(None));
     watch_signals(supervisor.clone(), signalled.clone(), logger.clone());

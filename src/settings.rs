@@ -43,8 +43,30 @@ pub enum SettingsError {
 #[serde(deny_unknown_fields)]
 struct RawSettings {
     worker: RawWorker,
+    queue: RawQueue,
+    shutdown: RawShutdown,
     docker: RawDocker,
     logging: RawLogging,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    client_id: String,
+    access_token: String,
+    task_queue_id: String,
+    reclaim_divisor: i64,
+    cancel_poll_seconds: i64,
+    claim_min_interval_ms: i64,
+    claim_max_backoff_seconds: i64,
+    retry_attempts: i64,
+    retry_initial_delay_ms: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShutdown {
+    after_idle_seconds: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +80,8 @@ struct RawWorker {
     public_ip: String,
     root_url: String,
     worker_location: String,
+    capacity: i64,
+    work_dir: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,10 +112,28 @@ pub enum LogFormat {
     Terminal,
 }
 
+/// What `docker-worker start` needs beyond a local run. Checked only when the daemon starts.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub client_id: String,
+    pub access_token: String,
+    pub task_queue_id: String,
+    pub reclaim_divisor: u32,
+    pub cancel_poll: Duration,
+    pub claim_min_interval: Duration,
+    pub claim_max_backoff: Duration,
+    pub retry_attempts: u32,
+    pub retry_initial_delay: Duration,
+}
+
 /// Checked settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub identity: WorkerIdentity,
+    pub capacity: usize,
+    pub work_dir: std::path::PathBuf,
+    pub queue: QueueSettings,
+    pub idle_shutdown: Option<Duration>,
     pub docker_host: Option<String>,
     pub shm_size: Option<i64>,
     pub pull: PullPolicy,
@@ -149,6 +191,14 @@ impl Settings {
                     message: format!("must be a positive integer, not {v}"),
                 })
         }
+        fn millis(key: &'static str, v: i64) -> Result<Duration, SettingsError> {
+            u64::try_from(v)
+                .map(Duration::from_millis)
+                .map_err(|_| SettingsError::Invalid {
+                    key,
+                    message: format!("must not be negative, not {v}"),
+                })
+        }
         fn non_empty(key: &'static str, v: String) -> Result<String, SettingsError> {
             if v.trim().is_empty() {
                 Err(SettingsError::Invalid {
@@ -166,6 +216,8 @@ impl Settings {
         } else {
             w.root_url
         };
+        let capacity = w.capacity;
+        let work_dir = w.work_dir.clone();
         let identity = WorkerIdentity {
             provisioner_id: non_empty("worker.provisioner_id", w.provisioner_id)?,
             worker_type: non_empty("worker.worker_type", w.worker_type)?,
@@ -181,6 +233,37 @@ impl Settings {
             worker_location: (!w.worker_location.is_empty()).then_some(w.worker_location),
             hostname,
         };
+        let q = raw.queue;
+        let env_or = |v: String, var: &str| {
+            if v.is_empty() {
+                std::env::var(var).unwrap_or_default()
+            } else {
+                v
+            }
+        };
+        let task_queue_id = if q.task_queue_id.is_empty() {
+            format!("{}/{}", identity.provisioner_id, identity.worker_type)
+        } else {
+            q.task_queue_id
+        };
+        let queue = QueueSettings {
+            client_id: env_or(q.client_id, "TASKCLUSTER_CLIENT_ID"),
+            access_token: env_or(q.access_token, "TASKCLUSTER_ACCESS_TOKEN"),
+            task_queue_id,
+            reclaim_divisor: positive("queue.reclaim_divisor", q.reclaim_divisor)? as u32,
+            cancel_poll: Duration::from_secs(positive("queue.cancel_poll_seconds", q.cancel_poll_seconds)?),
+            claim_min_interval: millis("queue.claim_min_interval_ms", q.claim_min_interval_ms)?,
+            claim_max_backoff: Duration::from_secs(positive(
+                "queue.claim_max_backoff_seconds",
+                q.claim_max_backoff_seconds,
+            )?),
+            retry_attempts: positive("queue.retry_attempts", q.retry_attempts)? as u32,
+            retry_initial_delay: millis("queue.retry_initial_delay_ms", q.retry_initial_delay_ms)?,
+        };
+        let idle = u64::try_from(raw.shutdown.after_idle_seconds).map_err(|_| SettingsError::Invalid {
+            key: "shutdown.after_idle_seconds",
+            message: "must not be negative".into(),
+        })?;
         let d = raw.docker;
         let log_format = match raw.logging.format.as_str() {
             "json" => LogFormat::Json,
@@ -204,6 +287,10 @@ impl Settings {
                 ),
             })?;
         Ok(Settings {
+            capacity: positive("worker.capacity", capacity)? as usize,
+            work_dir: non_empty("worker.work_dir", work_dir)?.into(),
+            queue,
+            idle_shutdown: (idle > 0).then(|| Duration::from_secs(idle)),
             identity,
             docker_host: (!d.host.is_empty()).then_some(d.host),
             shm_size: Some(positive("docker.shm_size", d.shm_size)? as i64),
@@ -228,6 +315,26 @@ impl Settings {
             log_format,
             log_level,
         })
+    }
+}
+
+impl Settings {
+    /// What `docker-worker start` needs on top: a root URL and credentials, each named when missing.
+    pub fn check_daemon(&self) -> Result<(), SettingsError> {
+        let missing = |key: &'static str, env: &str| SettingsError::Invalid {
+            key,
+            message: format!("must be set (or the environment variable {env})"),
+        };
+        if self.identity.root_url.is_empty() {
+            return Err(missing("worker.root_url", "TASKCLUSTER_ROOT_URL"));
+        }
+        if self.queue.client_id.is_empty() {
+            return Err(missing("queue.client_id", "TASKCLUSTER_CLIENT_ID"));
+        }
+        if self.queue.access_token.is_empty() {
+            return Err(missing("queue.access_token", "TASKCLUSTER_ACCESS_TOKEN"));
+        }
+        Ok(())
     }
 }
 

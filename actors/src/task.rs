@@ -41,6 +41,28 @@ pub struct TaskSpec {
     pub expires: Option<DateTime<Utc>>,
 }
 
+impl TaskSpec {
+    /// A claimed run of a task definition (`task.json`). What the definition lacks is left for the
+    /// payload validation to report in the task log.
+    pub fn from_definition(task_id: &str, run_id: u32, definition: &Value) -> TaskSpec {
+        let scopes = definition["scopes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        let expires = definition["expires"]
+            .as_str()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|d| d.with_timezone(&Utc));
+        TaskSpec {
+            task_id: task_id.to_string(),
+            run_id,
+            payload: definition.get("payload").cloned().unwrap_or(Value::Null),
+            scopes,
+            expires,
+        }
+    }
+}
+
 /// A task file could not be read as a task.
 #[derive(Debug, thiserror::Error)]
 pub enum TaskFileError {

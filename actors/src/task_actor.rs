@@ -24,6 +24,7 @@ use crate::lifecycle::{ExceptionReason, ExitPolicy, Resolution, StopReason, Task
 use crate::log_stream::{CloseLog, LogChunk, LogError};
 use crate::logfmt::{fmt_error_log, fmt_log, footer, header, HeaderFields};
 use crate::payload::{parse_payload, parse_task_payload, ArtifactKind, Feature, Image, Payload};
+use crate::queue::{self, GetRunState, QueueError, QueueLink, ReclaimTask, ResolveTask, RunState};
 use crate::task::{TaskSpec, WorkerIdentity};
 
 /// The message docker-worker wrote when a task was canceled.
@@ -52,6 +53,8 @@ pub struct TaskPorts {
     pub artifacts: ArtifactPort,
     /// The file the log's backing sink writes, uploaded at the end.
     pub backing_log: Option<PathBuf>,
+    /// The claim, when the task came from the Queue; `None` for a local run.
+    pub queue: Option<QueueLink>,
 }
 
 /// Settings a task run needs from the worker.
@@ -67,6 +70,10 @@ pub struct TaskConfig {
     pub output_drain: Duration,
     /// How long to wait for a killed container to report its exit.
     pub kill_wait: Duration,
+    /// Reclaim when this fraction of the remaining claim time has passed (2: halfway, as docker-worker).
+    pub reclaim_divisor: u32,
+    /// How often to ask the Queue whether the run was canceled; the 409 on reclaim stays authoritative.
+    pub cancel_poll: Duration,
     /// The worker's log.
     pub logger: Logger,
 }
@@ -100,6 +107,17 @@ pub struct TaskActor {
     run: Option<Run>,
     stop: watch::Sender<Option<StopReason>>,
     done: Option<oneshot::Sender<TaskOutcome>>,
+    claim: Option<ClaimState>,
+    logger: Logger,
+    config: TaskConfig,
+}
+
+/// The live claim of a queue task: the newest credentials and when they run out.
+struct ClaimState {
+    link: QueueLink,
+    task_id: String,
+    run_id: u32,
+    polling: bool,
 }
 
 impl TaskActor {
@@ -114,7 +132,16 @@ impl TaskActor {
         let logger = config
             .logger
             .new(o!("taskId" => spec.task_id.clone(), "runId" => spec.run_id));
+        let claim = ports.queue.clone().map(|link| ClaimState {
+            link,
+            task_id: spec.task_id.clone(),
+            run_id: spec.run_id,
+            polling: false,
+        });
         TaskActor {
+            claim,
+            logger: logger.clone(),
+            config: config.clone(),
             run: Some(Run {
                 state: TaskState::Validating,
                 policy: ExitPolicy::default(),
@@ -141,12 +168,144 @@ impl Actor for TaskActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let run = self.run.take().expect("a TaskActor starts once");
-        ctx.spawn(run.drive().into_actor(self).map(|outcome, act, ctx| {
-            if let Some(done) = act.done.take() {
-                let _ = done.send(outcome);
+        if let Some(claim) = &self.claim {
+            let taken_until = claim.link.taken_until;
+            self.schedule_reclaim(ctx, taken_until);
+            ctx.run_interval(self.config.cancel_poll, |act, ctx| act.poll_run_state(ctx));
+        }
+        ctx.spawn(
+            run.drive()
+                .into_actor(self)
+                .then(|outcome, act, _| act.resolve(outcome))
+                .map(|outcome, act, ctx| {
+                    info!(act.logger, "task resolved"; "taskState" => outcome.resolution.state(),
+                      "resolution" => %outcome.resolution);
+                    if let Some(done) = act.done.take() {
+                        let _ = done.send(outcome);
+                    }
+                    ctx.stop();
+                }),
+        );
+    }
+}
+
+impl TaskActor {
+    fn request_stop(&self, reason: StopReason) {
+        self.stop.send_if_modified(|current| {
+            // The first reason sticks: a shutdown after a cancel is still a cancel.
+            if current.is_none() {
+                *current = Some(reason);
+                true
+            } else {
+                false
             }
-            ctx.stop();
-        }));
+        });
+    }
+
+    /// Reclaim when the given share of the remaining claim time has passed.
+    fn schedule_reclaim(&mut self, ctx: &mut Context<Self>, taken_until: chrono::DateTime<chrono::Utc>) {
+        let left = (taken_until - chrono::Utc::now()).to_std().unwrap_or_default();
+        let delay = left / self.config.reclaim_divisor.max(1);
+        info!(self.logger, "next claim"; "time" => delay.as_secs_f64(), "takenUntil" => %taken_until);
+        ctx.run_later(delay, |act, ctx| act.reclaim(ctx));
+    }
+
+    fn reclaim(&mut self, ctx: &mut Context<Self>) {
+        let Some(claim) = &self.claim else { return };
+        info!(self.logger, "reclaiming task");
+        let request = ReclaimTask {
+            task_id: claim.task_id.clone(),
+            run_id: claim.run_id,
+            credentials: claim.link.credentials.clone(),
+        };
+        let port = claim.link.port.reclaim.clone();
+        ctx.spawn(async move { queue::call(&port, request).await }.into_actor(self).map(
+            |result, act, ctx| {
+                let Some(claim) = act.claim.as_mut() else { return };
+                match result {
+                    Ok(reclaimed) => {
+                        info!(act.logger, "reclaimed task"; "takenUntil" => %reclaimed.taken_until);
+                        claim.link.credentials = reclaimed.credentials;
+                        claim.link.taken_until = reclaimed.taken_until;
+                        act.schedule_reclaim(ctx, reclaimed.taken_until);
+                    }
+                    Err(QueueError::Conflict(message)) => {
+                        // Canceled, past its deadline, or the claim is gone: stop, upload nothing, report nothing.
+                        warn!(act.logger, "error reclaiming task"; "error" => &message);
+                        act.request_stop(StopReason::Canceled);
+                    }
+                    Err(e) => {
+                        let left = (claim.link.taken_until - chrono::Utc::now()).to_std().unwrap_or_default();
+                        if left > Duration::from_secs(5) {
+                            warn!(act.logger, "error reclaiming task"; "error" => %e, "retryIn" => (left / 4).as_secs_f64());
+                            ctx.run_later(left / 4, |act, ctx| act.reclaim(ctx));
+                        } else {
+                            // The claim runs out: the Queue will resolve this run as claim-expired.
+                            error!(act.logger, "claim lost"; "error" => %e);
+                            act.request_stop(StopReason::Canceled);
+                        }
+                    }
+                }
+            },
+        ));
+    }
+
+    /// Notice a cancellation between reclaims by reading the run's state.
+    fn poll_run_state(&mut self, ctx: &mut Context<Self>) {
+        let Some(claim) = self.claim.as_mut() else { return };
+        if claim.polling || self.stop.borrow().is_some() {
+            return;
+        }
+        claim.polling = true;
+        let request = GetRunState {
+            task_id: claim.task_id.clone(),
+            run_id: claim.run_id,
+            credentials: claim.link.credentials.clone(),
+        };
+        let port = claim.link.port.run_state.clone();
+        ctx.spawn(
+            async move { queue::call(&port, request).await }
+                .into_actor(self)
+                .map(|result, act, _| {
+                    if let Some(claim) = act.claim.as_mut() {
+                        claim.polling = false;
+                    }
+                    match result {
+                        Ok(RunState::Resolved) => {
+                            info!(act.logger, "run resolved elsewhere");
+                            act.request_stop(StopReason::Canceled);
+                        }
+                        Ok(_) => {}
+                        Err(e) => warn!(act.logger, "error reading task status"; "error" => %e),
+                    }
+                }),
+        );
+    }
+
+    /// Report the resolution to the Queue, exactly once, with the newest credentials.
+    fn resolve(&mut self, outcome: TaskOutcome) -> impl ActorFuture<Self, Output = TaskOutcome> {
+        let request = match (&self.claim, outcome.resolution) {
+            (Some(_), Resolution::Canceled) | (None, _) => None,
+            (Some(claim), resolution) => Some((
+                claim.link.port.resolve.clone(),
+                ResolveTask {
+                    task_id: claim.task_id.clone(),
+                    run_id: claim.run_id,
+                    credentials: claim.link.credentials.clone(),
+                    resolution,
+                },
+            )),
+        };
+        let logger = self.logger.clone();
+        async move {
+            if let Some((port, request)) = request {
+                if let Err(e) = queue::call(&port, request).await {
+                    error!(logger, "error resolving task"; "error" => %e);
+                }
+            }
+            outcome
+        }
+        .into_actor(self)
     }
 }
 
@@ -154,15 +313,7 @@ impl Handler<StopTask> for TaskActor {
     type Result = ();
 
     fn handle(&mut self, msg: StopTask, _: &mut Context<Self>) {
-        // The first reason sticks: a shutdown after a cancel is still a cancel.
-        self.stop.send_if_modified(|current| {
-            if current.is_none() {
-                *current = Some(msg.0);
-                true
-            } else {
-                false
-            }
-        });
+        self.request_stop(msg.0);
     }
 }
 
@@ -663,7 +814,6 @@ impl Run {
             }
         }
         let artifacts = self.upload_logs(resolution).await;
-        info!(self.logger, "task resolved"; "taskState" => resolution.state(), "resolution" => %resolution);
         TaskOutcome {
             task_id: self.spec.task_id.clone(),
             run_id: self.spec.run_id,

@@ -24,6 +24,8 @@ pub enum FakeExit {
     Code(i64),
     /// Runs until killed, then exits 137.
     UntilKilled,
+    /// Runs this long, then exits with the status (or 137 when killed first).
+    After(Duration, i64),
 }
 
 /// What the fake Docker does.
@@ -158,6 +160,15 @@ impl Handler<AttachContainer> for FakeDocker {
                 Box::pin(stream::once(until_killed).filter_map(|()| async { None }))
             }
             (false, FakeExit::Code(_)) => Box::pin(stream::empty()),
+            (false, FakeExit::After(after, _)) => Box::pin(
+                stream::once(async move {
+                    tokio::select! {
+                        _ = actix_rt::time::sleep(after) => {}
+                        _ = until_killed => {}
+                    }
+                })
+                .filter_map(|()| async { None }),
+            ),
         };
         Ok(Box::pin(stream::iter(chunks).chain(tail)))
     }
@@ -184,6 +195,12 @@ impl Handler<WaitContainer> for FakeDocker {
         Box::pin(async move {
             match exit {
                 FakeExit::Code(code) if !already_killed => Ok(code),
+                FakeExit::After(after, code) if !already_killed => {
+                    tokio::select! {
+                        _ = actix_rt::time::sleep(after) => Ok(code),
+                        _ = until_killed => Ok(137),
+                    }
+                }
                 _ => {
                     until_killed.await;
                     Ok(137)
@@ -260,6 +277,8 @@ pub fn test_config() -> TaskConfig {
         gzip_logs: false,
         output_drain: Duration::from_secs(5),
         kill_wait: Duration::from_secs(5),
+        reclaim_divisor: 2,
+        cancel_poll: Duration::from_millis(50),
         logger: Logger::root(Discard, o!()),
     }
 }
