@@ -9,7 +9,7 @@ use std::task::{Context as TaskCx, Poll};
 use actix::prelude::*;
 use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// How many chunks each sink may hold before the writer has to wait.
@@ -64,12 +64,29 @@ impl From<MailboxError> for LogError {
     }
 }
 
+/// How far a sink has got: what HTTP readers of the backing file may read, and whether more will come.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogProgress {
+    /// Bytes written and flushed to the OS so far.
+    pub written: u64,
+    /// The sink has stopped for good (closed, or its writer failed); `written` is final.
+    pub finished: bool,
+}
+
+impl LogProgress {
+    /// A channel to hand to [`LogSink::with_progress`], starting at nothing written.
+    pub fn channel() -> (watch::Sender<LogProgress>, watch::Receiver<LogProgress>) {
+        watch::channel(LogProgress::default())
+    }
+}
+
 /// One destination of the log.
 pub struct LogSink {
     name: String,
     writer: Box<dyn AsyncWrite + Send + Unpin>,
     required: bool,
     flush_each_chunk: bool,
+    progress: Option<watch::Sender<LogProgress>>,
 }
 
 impl LogSink {
@@ -80,6 +97,7 @@ impl LogSink {
             writer: Box::new(writer),
             required: true,
             flush_each_chunk: false,
+            progress: None,
         }
     }
 
@@ -90,6 +108,7 @@ impl LogSink {
             writer: Box::new(writer),
             required: false,
             flush_each_chunk: false,
+            progress: None,
         }
     }
 
@@ -97,6 +116,35 @@ impl LogSink {
     pub fn live(mut self) -> LogSink {
         self.flush_each_chunk = true;
         self
+    }
+
+    /// Publish how many bytes have reached the OS after each chunk, and `finished` once the sink
+    /// stops however it stops; implies [`LogSink::live`], so readers of the file see a chunk at once.
+    pub fn with_progress(mut self, progress: watch::Sender<LogProgress>) -> LogSink {
+        self.flush_each_chunk = true;
+        self.progress = Some(progress);
+        self
+    }
+}
+
+/// Marks the progress finished when the drain ends, also on an error, a panic or an abort, so a
+/// reader following the sink never waits forever.
+struct ProgressGuard(Option<watch::Sender<LogProgress>>);
+
+impl ProgressGuard {
+    fn written(&self, written: u64) {
+        if let Some(tx) = &self.0 {
+            // send_modify, not send: the value must move on even while nobody is subscribed.
+            tx.send_modify(|p| p.written = written);
+        }
+    }
+}
+
+impl Drop for ProgressGuard {
+    fn drop(&mut self) {
+        if let Some(tx) = &self.0 {
+            tx.send_modify(|p| p.finished = true);
+        }
     }
 }
 
@@ -121,7 +169,8 @@ impl LogStreamActor {
             .into_iter()
             .map(|sink| {
                 let (tx, rx) = mpsc::channel(SINK_QUEUE_CHUNKS);
-                let task = tokio::spawn(drain(sink.writer, rx, sink.flush_each_chunk));
+                let progress = ProgressGuard(sink.progress);
+                let task = tokio::spawn(drain(sink.writer, rx, sink.flush_each_chunk, progress));
                 SinkHandle {
                     name: sink.name,
                     required: sink.required,
@@ -142,15 +191,23 @@ async fn drain(
     mut writer: Box<dyn AsyncWrite + Send + Unpin>,
     mut rx: mpsc::Receiver<Bytes>,
     flush_each_chunk: bool,
+    progress: ProgressGuard,
 ) -> io::Result<()> {
+    let mut written = 0u64;
     while let Some(chunk) = rx.recv().await {
         writer.write_all(&chunk).await?;
         if flush_each_chunk {
             writer.flush().await?;
         }
+        written += chunk.len() as u64;
+        // Only published once flushed (with_progress implies flush_each_chunk): readers of the file
+        // never look past what the OS has.
+        progress.written(written);
     }
     writer.flush().await?;
-    writer.shutdown().await
+    let shut = writer.shutdown().await;
+    drop(progress);
+    shut
 }
 
 impl Actor for LogStreamActor {
@@ -393,5 +450,72 @@ mod tests {
         }
         let closed = log.send(CloseLog).await.unwrap();
         assert!(failed || closed.is_err(), "a broken required sink must surface");
+    }
+
+    async fn progress_reaches(
+        rx: &mut watch::Receiver<LogProgress>,
+        what: &str,
+        f: impl FnMut(&LogProgress) -> bool,
+    ) -> LogProgress {
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            rx.wait_for(f).await.map(|p| *p)
+        })
+        .await;
+        match seen {
+            Ok(progress) => progress.expect("progress sender gone"),
+            Err(_) => panic!("progress never reached {what}: {:?}", *rx.borrow()),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn progress_counts_bytes_on_disk_and_finishes_on_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live_backing.log");
+        let file = tokio::fs::File::create(&path).await.unwrap();
+        // A buffer far bigger than the log: only the per-chunk flush gets bytes to the file.
+        let writer = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        let (tx, mut rx) = LogProgress::channel();
+        let log =
+            LogStreamActor::new(vec![LogSink::required("backing log", writer).with_progress(tx)]).start();
+        let mut total = 0u64;
+        for i in 0..50 {
+            let line = format!("line {i}\n");
+            total += line.len() as u64;
+            log.send(LogChunk::text(line)).await.unwrap().unwrap();
+            let now = progress_reaches(&mut rx, "the chunk just sent", |p| p.written == total).await;
+            assert!(!now.finished);
+            let on_disk = std::fs::read(&path).unwrap().len() as u64;
+            assert!(
+                on_disk >= now.written,
+                "{on_disk} bytes on disk, {} published",
+                now.written
+            );
+        }
+        log.send(CloseLog).await.unwrap().unwrap();
+        let end = progress_reaches(&mut rx, "finished", |p| p.finished).await;
+        assert_eq!(end.written, total);
+        assert_eq!(std::fs::read(&path).unwrap().len() as u64, total);
+    }
+
+    #[actix_rt::test]
+    async fn progress_finishes_when_the_writer_fails() {
+        let (tx, mut rx) = LogProgress::channel();
+        let log = LogStreamActor::new(vec![LogSink::optional("broken", Broken).with_progress(tx)]).start();
+        let _ = log.send(LogChunk::text("x")).await.unwrap();
+        let end = progress_reaches(&mut rx, "finished", |p| p.finished).await;
+        assert_eq!(end.written, 0);
+        log.send(CloseLog).await.unwrap().unwrap();
+    }
+
+    #[actix_rt::test]
+    async fn progress_finishes_when_the_log_actor_goes_away_unclosed() {
+        let kept = MemorySink::default();
+        let (tx, mut rx) = LogProgress::channel();
+        let log = LogStreamActor::new(vec![LogSink::required("mem", kept.clone()).with_progress(tx)]).start();
+        log.send(LogChunk::text("abc")).await.unwrap().unwrap();
+        drop(log);
+        let end = progress_reaches(&mut rx, "finished", |p| p.finished).await;
+        assert_eq!(end.written, 3);
+        assert_eq!(kept.contents(), b"abc");
     }
 }
