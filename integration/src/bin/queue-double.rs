@@ -1,4 +1,5 @@
-//! `queue-double`: run the Taskcluster Queue test double by itself, for trying a worker by hand.
+//! `queue-double`: run the Taskcluster Queue test double (with its Object service and blob bucket) by
+//! itself, for trying a worker by hand.
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
@@ -57,6 +58,10 @@ fn main() {
     });
     let (id, token) = queue.root_credentials();
     println!("queue double listening at {}", queue.root_url());
+    println!(
+        "  Queue: {root}/api/queue/v1/  Object service: {root}/api/object/v1/  blobs under {root}/__queue_double/bucket/",
+        root = queue.root_url()
+    );
     println!("root credentials (scope *): clientId={id} accessToken={token}");
     println!("export TASKCLUSTER_ROOT_URL={}", queue.root_url());
     println!("export TASKCLUSTER_CLIENT_ID={id}");

@@ -23,8 +23,16 @@ const TIMESTAMP_SKEW_MS: i64 = 15 * 60 * 1000;
 /// Certificates are accepted this long before their start and after their expiry.
 const CERT_TOLERANCE_MS: i64 = 5 * 60 * 1000;
 
-/// The scopes every caller holds through the recommended anonymous role.
-pub const ANONYMOUS_SCOPES: &[&str] = &["assume:anonymous", "queue:get-task:*", "queue:status:*"];
+/// The scopes every caller holds through the recommended anonymous role
+/// (`ui/docs/manual/deploying/anonymous-role.mdx`), as far as the double's endpoints need them. That
+/// role grants no `object:` scopes.
+pub const ANONYMOUS_SCOPES: &[&str] = &[
+    "assume:anonymous",
+    "queue:get-task:*",
+    "queue:status:*",
+    "queue:get-artifact:public/*",
+    "queue:list-artifacts:*",
+];
 
 /// A permanent client.
 #[derive(Debug, Clone)]
@@ -289,7 +297,7 @@ impl AuthResult {
 }
 
 /// Node's `Buffer.from(s, 'base64')` accepts both alphabets, with or without padding.
-fn lenient_base64(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn lenient_base64(s: &str) -> Option<Vec<u8>> {
     let cleaned: String = s
         .chars()
         .filter(|c| !c.is_whitespace() && *c != '=')

@@ -1,11 +1,18 @@
 //! A test double of the Taskcluster Queue: the worker-facing endpoints (`claimWork`, `reclaimTask`,
-//! `reportCompleted`, `reportFailed`, `reportException`) and the task endpoints a harness needs
-//! (`createTask`, `task`, `status`, `cancelTask`, `ping`), served over HTTP with Hawk authentication
-//! and checked against Taskcluster's own api.json and schemas in `shared/taskcluster`.
+//! `reportCompleted`, `reportFailed`, `reportException`), the artifact endpoints (`createArtifact`,
+//! `finishArtifact`, `getArtifact`, `getLatestArtifact`, `listArtifacts`) and the task endpoints a
+//! harness needs (`createTask`, `task`, `status`, `cancelTask`, `ping`); the Object service's upload and
+//! download endpoints (`createUpload`, `finishUpload`, `startDownload`, `object`, `download`) at
+//! `<root>/api/object/v1/`; and a bucket that stands in for S3 (presigned-style PUT and GET URLs,
+//! blobs streamed to a temporary directory). All served over HTTP with Hawk authentication and checked
+//! against Taskcluster's own api.json files and schemas in `shared/taskcluster`.
 //!
 //! It follows the real Queue's code (v106): the order of its checks, its error codes and messages,
 //! the run lifecycle of its DB functions, claim expiry, the deadline resolver, retries, the temporary
-//! credentials it issues with each claim, and the scopes each endpoint needs.
+//! credentials it issues with each claim and for object uploads, the artifact rules of
+//! `artifacts.js`, and the scopes each endpoint needs. Callers without credentials hold the scopes of
+//! the recommended anonymous role that concern it (`queue:get-task:*`, `queue:status:*`,
+//! `queue:get-artifact:public/*`, `queue:list-artifacts:*`).
 //!
 //! ```no_run
 //! use docker_worker_integration::queue_double::{new_task_id, task_definition, Options, QueueDouble};
@@ -16,24 +23,29 @@
 //! queue.wait_for(&task_id, |s| s["state"] == "completed", std::time::Duration::from_secs(30));
 //! ```
 
+pub mod artifacts;
 pub mod hawk;
+pub mod object;
 pub mod queue;
 pub mod schemas;
 pub mod scopes;
 pub mod server;
 pub mod state;
+pub mod storage;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-pub use queue::{ApiError, Fault, ROUTES};
+pub use queue::{ApiError, Fault, OBJECT_ROUTES, ROUTES};
 use queue::{Core, Timing};
 use state::{fmt_time, now_ms};
+use storage::UploadFault;
 
 /// How the double behaves.
 #[derive(Debug, Clone)]
@@ -168,6 +180,7 @@ impl QueueDouble {
                         }
                     };
                     let addr = server.addrs()[0];
+                    thread_core.set_root_url(format!("http://{addr}"));
                     let running = server.run();
                     let sweeper_core = thread_core.clone();
                     actix_rt::spawn(async move {
@@ -193,7 +206,8 @@ impl QueueDouble {
         })
     }
 
-    /// The root URL, e.g. `http://127.0.0.1:41234`; the Queue is at `<root>/api/queue/v1/`.
+    /// The root URL, e.g. `http://127.0.0.1:41234`; the Queue is at `<root>/api/queue/v1/`, the Object
+    /// service at `<root>/api/object/v1/`.
     pub fn root_url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -276,7 +290,10 @@ impl QueueDouble {
         }
     }
 
-    /// Answer the next `n` calls of `endpoint` (an api.json name such as `claimWork`) with a 500.
+    /// Answer the next `n` calls of `endpoint` (an api.json name such as `claimWork` or `createUpload`)
+    /// with a 500. The calls the Queue makes to the Object service itself (`createUpload` for an object
+    /// createArtifact, `object` in finishArtifact, `startDownload` in getArtifact) count and take faults
+    /// too, as they would in a deployment.
     pub fn fail_next(&self, endpoint: &str, n: usize) {
         self.core.queue_faults(endpoint, n, Fault::Fail);
     }
@@ -292,7 +309,8 @@ impl QueueDouble {
         self.core.queue_faults(endpoint, n, Fault::Drop);
     }
 
-    /// How many HTTP calls `endpoint` has received, faulted ones included.
+    /// How many HTTP calls `endpoint` has received, faulted ones included (for the Object service's
+    /// endpoints, the Queue's own calls included).
     pub fn calls(&self, endpoint: &str) -> usize {
         self.core.calls(endpoint)
     }
@@ -304,6 +322,59 @@ impl QueueDouble {
             count >= n,
             "{endpoint} received {count} calls, not {n}, within {timeout:?}"
         );
+    }
+
+    /// The run's present artifacts as `listArtifacts` gives them (`{storageType, name, expires,
+    /// contentType, contentLength?}`), all pages, ordered by name. Object artifacts appear once finished.
+    pub fn artifacts(&self, task_id: &str, run_id: usize) -> Vec<Value> {
+        self.core.artifact_list(task_id, run_id)
+    }
+
+    /// Everything about one artifact, present or not: the `listArtifacts` fields plus `present`,
+    /// `details` (the Queue's), and by type `url` (reference), `artifact` (link: the target's name),
+    /// `reason` and `message` (error), `objectName` (object); for `s3` and `object` also `stored`
+    /// (whether data was uploaded), `size`, `contentEncoding` and `storedContentType` (the headers of
+    /// the upload that stored it; null when none).
+    pub fn artifact(&self, task_id: &str, run_id: usize, name: &str) -> Option<Value> {
+        self.core.artifact_details(task_id, run_id, name)
+    }
+
+    /// The uploaded bytes of an `s3` or `object` artifact (following links), as stored (still gzipped
+    /// if uploaded with `Content-Encoding: gzip`). Reads the whole blob: use [`QueueDouble::artifact_path`]
+    /// for big ones.
+    pub fn artifact_bytes(&self, task_id: &str, run_id: usize, name: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.artifact_path(task_id, run_id, name)?).ok()
+    }
+
+    /// The file holding an artifact's uploaded bytes (following links). It lives in the double's
+    /// temporary directory until the double is dropped or another upload replaces it.
+    pub fn artifact_path(&self, task_id: &str, run_id: usize, name: &str) -> Option<PathBuf> {
+        self.core.artifact_blob(task_id, run_id, name).map(|b| b.path)
+    }
+
+    /// Answer the next `n` uploads (PUTs to a `putUrl`) with a 500 `InternalError`, after reading their
+    /// bodies and storing nothing.
+    pub fn fail_next_uploads(&self, n: usize) {
+        self.core.storage.queue_faults(UploadFault::Fail, n);
+    }
+
+    /// Read upload bodies at `bytes_per_sec` at most (`None`: at full speed); applies to uploads in
+    /// progress too.
+    pub fn slow_uploads(&self, bytes_per_sec: Option<u64>) {
+        self.core.storage.set_rate(bytes_per_sec);
+    }
+
+    /// Break the next `n` uploads partway: read half of the declared body, then close the connection
+    /// without a response and store nothing (an earlier upload of the same artifact stays). The client
+    /// sees its request fail (connection reset or closed before a response), never a success.
+    pub fn truncate_next_uploads(&self, n: usize) {
+        self.core.storage.queue_faults(UploadFault::Truncate, n);
+    }
+
+    /// How many uploads (PUTs to a `putUrl`) the double has seen, faulted and rejected ones included.
+    /// `dataInline` uploads are not PUTs and do not count.
+    pub fn uploads(&self) -> usize {
+        self.core.storage.uploads()
     }
 
     /// Block until the task's status satisfies `predicate`, waking on every change; panics with the
@@ -327,5 +398,8 @@ impl Drop for QueueDouble {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        // The server's worker threads may hold the core a little longer (and a test process may exit
+        // before they let go): remove the blobs now rather than when the core is dropped.
+        self.core.storage.remove_all();
     }
 }

@@ -1,22 +1,25 @@
 //! What each endpoint does, in the order the real Queue does it (`services/queue/src/api.js` on top
 //! of `libraries/api`): body parsing, authentication when the scopes need only URL parameters, URL
-//! parameter patterns, input schema (with defaults), the handler with its own checks and deferred
-//! authorization, and output schema.
+//! parameter patterns, query string, input schema (with defaults), the handler with its own checks and
+//! deferred authorization, and output schema. The Object service's endpoints go through the same
+//! pipeline (`libraries/api` serves both).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike, Utc};
 use serde_json::{json, Map, Value};
 
 use super::hawk::{self, AuthResult, Client};
-use super::schemas::{ApiEntry, Schemas};
+use super::object::Objects;
+use super::schemas::{ApiEntry, Schemas, OBJECT, QUEUE};
 use super::scopes;
 use super::state::{fmt_time, now_ms, truncate_ms, RunEvent, RunState, Store, Task, PRIORITIES};
+use super::storage::Storage;
 
-/// The endpoints the double serves: `(name, method, route)`, written here by hand and checked
-/// against api.json at start-up (and by the conformance test).
+/// The Queue endpoints the double serves: `(name, method, route)`, written here by hand and checked
+/// against the Queue's api.json at start-up (and by the conformance test).
 pub const ROUTES: &[(&str, &str, &str)] = &[
     ("ping", "get", "/ping"),
     ("createTask", "put", "/task/<taskId>"),
@@ -28,10 +31,51 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("reportCompleted", "post", "/task/<taskId>/runs/<runId>/completed"),
     ("reportFailed", "post", "/task/<taskId>/runs/<runId>/failed"),
     ("reportException", "post", "/task/<taskId>/runs/<runId>/exception"),
+    (
+        "createArtifact",
+        "post",
+        "/task/<taskId>/runs/<runId>/artifacts/<name>",
+    ),
+    (
+        "finishArtifact",
+        "put",
+        "/task/<taskId>/runs/<runId>/artifacts/<name>",
+    ),
+    (
+        "getArtifact",
+        "get",
+        "/task/<taskId>/runs/<runId>/artifacts/<name>",
+    ),
+    ("getLatestArtifact", "get", "/task/<taskId>/artifacts/<name>"),
+    ("listArtifacts", "get", "/task/<taskId>/runs/<runId>/artifacts"),
 ];
 
-/// Route parameters that match the rest of the path, slashes included (`{*taskQueueId}`).
-pub const WILDCARD_PARAMS: &[&str] = &["taskQueueId"];
+/// The Object service endpoints the double serves, checked against the Object service's api.json.
+pub const OBJECT_ROUTES: &[(&str, &str, &str)] = &[
+    ("createUpload", "put", "/upload/<name>"),
+    ("finishUpload", "post", "/finish-upload/<name>"),
+    ("startDownload", "put", "/start-download/<name>"),
+    ("object", "get", "/metadata/<name>"),
+    ("download", "get", "/download/<name>"),
+];
+
+/// Queue route parameters that match the rest of the path, slashes included (`:taskQueueId(*)`,
+/// `:name(*)`).
+pub const WILDCARD_PARAMS: &[&str] = &["taskQueueId", "name"];
+
+/// Object service endpoints whose `name` is a wildcard (`/start-download/:name(*)`). The others
+/// (`/upload/:name`, `/finish-upload/:name`) take one path segment: a `/` in the name must be sent as
+/// `%2F` there.
+pub const OBJECT_WILDCARD_ENDPOINTS: &[&str] = &["startDownload", "object", "download"];
+
+/// Does the route parameter `param` of `endpoint` take the rest of the path?
+pub fn is_wildcard(service: &str, endpoint: &str, param: &str) -> bool {
+    if service == OBJECT {
+        param == "name" && OBJECT_WILDCARD_ENDPOINTS.contains(&endpoint)
+    } else {
+        WILDCARD_PARAMS.contains(&param)
+    }
+}
 
 /// `maxTaskDeadlineDays`, the Queue's default.
 const MAX_TASK_DEADLINE_DAYS: i64 = 5;
@@ -67,13 +111,16 @@ impl ApiError {
             "InsufficientScopes" => 403,
             "ResourceNotFound" => 404,
             "RequestConflict" => 409,
+            "NoMatchingMethod" => 406,
+            "NoMatchingBackend" => 400,
             "ResourceExpired" => 410,
             "InputTooLarge" => 413,
             _ => 500,
         }
     }
 
-    fn internal(message: impl Into<String>) -> ApiError {
+    /// A 500.
+    pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new("InternalServerError", message)
     }
 }
@@ -94,6 +141,8 @@ pub struct Call<'a> {
     pub entry: &'a ApiEntry,
     /// URL parameters, decoded.
     pub params: Map<String, Value>,
+    /// Query-string parameters, decoded, in order.
+    pub query: Vec<(String, String)>,
     /// The parsed body (`{}` when there is none).
     pub body: Value,
     /// Who calls.
@@ -101,6 +150,20 @@ pub struct Call<'a> {
 }
 
 impl Call<'_> {
+    /// A URL parameter (empty if absent).
+    pub fn param(&self, name: &str) -> &str {
+        self.params.get(name).and_then(Value::as_str).unwrap_or_default()
+    }
+
+    /// The last value of a query-string parameter.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// `req.authorize(params)`: render the entry's scope template and check the caller's scopes.
     pub fn authorize(&self, params: &Map<String, Value>) -> Result<(), ApiError> {
         let Some(template) = &self.entry.scopes else {
@@ -159,6 +222,62 @@ pub enum Fault {
     Drop,
 }
 
+/// The body of a reply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// JSON.
+    Json(Value),
+    /// Plain text (Express's redirect body).
+    Text(String),
+    /// Nothing (204).
+    Empty,
+}
+
+/// A reply: most are `200` with JSON; artifact downloads redirect (303), `finishArtifact` has no body
+/// (204), and an `error` artifact answers 424 with a JSON body that is not the API error shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// The body.
+    pub body: Body,
+    /// Extra headers.
+    pub headers: Vec<(&'static str, String)>,
+    /// Whether the body goes through the output schema (`res.reply`) rather than out as it is
+    /// (`res.json`, `res.send`).
+    pub checked: bool,
+}
+
+impl Reply {
+    /// `res.reply(body)`: 200, JSON, output schema checked.
+    pub fn ok(body: Value) -> Reply {
+        Reply {
+            status: 200,
+            body: Body::Json(body),
+            headers: vec![],
+            checked: true,
+        }
+    }
+
+    /// `res.status(204).send()`.
+    pub fn no_content() -> Reply {
+        Reply {
+            status: 204,
+            body: Body::Empty,
+            headers: vec![],
+            checked: false,
+        }
+    }
+
+    /// The JSON body, or null.
+    pub fn json(&self) -> Value {
+        match &self.body {
+            Body::Json(v) => v.clone(),
+            _ => Value::Null,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Faults {
     calls: HashMap<String, usize>,
@@ -175,7 +294,12 @@ pub struct Core {
     /// Woken whenever the store changes, so held claimWork calls look again.
     pub work: tokio::sync::Notify,
     clients: RwLock<HashMap<String, Client>>,
-    issuer_token: String,
+    pub(super) issuer_token: String,
+    /// The Object service's objects.
+    pub(super) objects: Mutex<Objects>,
+    /// The bucket behind `s3` artifacts and objects.
+    pub storage: Storage,
+    root_url: OnceLock<String>,
     /// Timing knobs.
     pub timing: Timing,
     faults: Mutex<Faults>,
@@ -239,6 +363,11 @@ pub fn check_param(name: &str, value: &str) -> Result<(), String> {
                 .is_some_and(|(p, w)| is_identifier(p) && is_worker_type(w)),
             "^[a-zA-Z0-9-_]{1,38}\\/[a-z]([-a-z0-9]{0,36}[a-z0-9])?$",
         ),
+        // Artifact and object names: printable ASCII.
+        "name" => (
+            !value.is_empty() && value.bytes().all(|c| (0x20..=0x7e).contains(&c)),
+            "^[\\x20-\\x7e]+$",
+        ),
         _ => (true, ""),
     };
     if ok {
@@ -248,11 +377,11 @@ pub fn check_param(name: &str, value: &str) -> Result<(), String> {
     }
 }
 
-fn not_found_task(task_id: &str, tail: &str) -> ApiError {
+pub(super) fn not_found_task(task_id: &str, tail: &str) -> ApiError {
     ApiError::new("ResourceNotFound", format!("Task `{task_id}` not found. {tail}"))
 }
 
-fn params_of(pairs: &[(&str, Value)]) -> Map<String, Value> {
+pub(super) fn params_of(pairs: &[(&str, Value)]) -> Map<String, Value> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
 
@@ -274,35 +403,55 @@ fn plus_one_year(t: DateTime<Utc>) -> DateTime<Utc> {
         .unwrap_or_else(|| t + chrono::Duration::days(366))
 }
 
-fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
+pub(super) fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
     v.as_str()
         .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
         .map(|t| truncate_ms(t.with_timezone(&Utc)))
 }
 
 impl Core {
-    /// A core with the given clients (`clientId → client`) and timing.
+    /// A core with the given clients (`clientId → client`) and timing. `entries` are those of both
+    /// api.json files ([`super::schemas::load_api_entries`]); the served ones are kept, by name.
     pub fn new(
         schemas: Schemas,
         entries: Vec<ApiEntry>,
         clients: HashMap<String, Client>,
         timing: Timing,
     ) -> Result<Core, String> {
-        let entries: HashMap<String, ApiEntry> = entries.into_iter().map(|e| (e.name.clone(), e)).collect();
-        for (name, method, route) in ROUTES {
-            let e = entries
-                .get(*name)
-                .ok_or_else(|| format!("the queue double serves {name}, which api.json does not have"))?;
-            if e.method != *method || e.route != *route {
-                return Err(format!(
-                    "the queue double serves {name} as {method} {route}, api.json has {} {}",
-                    e.method, e.route
-                ));
-            }
-            for id in e.input.iter().chain(e.output.iter()) {
-                schemas.validator(id).map_err(|err| err.to_string())?;
+        let mut served: HashMap<String, ApiEntry> = HashMap::new();
+        for (service, routes) in [(QUEUE, ROUTES), (OBJECT, OBJECT_ROUTES)] {
+            for (name, method, route) in routes {
+                let e = entries
+                    .iter()
+                    .find(|e| e.service == service && e.name == *name)
+                    .ok_or_else(|| {
+                        format!("the queue double serves {service}.{name}, which its api.json does not have")
+                    })?;
+                if e.method != *method || e.route != *route {
+                    return Err(format!(
+                        "the queue double serves {service}.{name} as {method} {route}, api.json has {} {}",
+                        e.method, e.route
+                    ));
+                }
+                for id in e.input.iter().chain(e.output.iter()) {
+                    schemas.validator(id).map_err(|err| err.to_string())?;
+                }
+                if served.insert(name.to_string(), e.clone()).is_some() {
+                    return Err(format!("two served endpoints are named {name}"));
+                }
             }
         }
+        // The Queue's other entries too: `entry` is asked about them only for served names, but the
+        // name space stays the Queue's.
+        let mut entries_by_name: HashMap<String, ApiEntry> = entries
+            .into_iter()
+            .filter(|e| e.service == QUEUE)
+            .map(|e| (e.name.clone(), e))
+            .collect();
+        entries_by_name.extend(served);
+        let entries = entries_by_name;
+        let storage =
+            Storage::new().map_err(|e| format!("the queue double cannot create its blob directory: {e}"))?;
         let issuer_token = format!("{}{}", hawk::slugid(), hawk::slugid());
         let mut clients = clients;
         clients.insert(
@@ -320,6 +469,9 @@ impl Core {
             work: tokio::sync::Notify::new(),
             clients: RwLock::new(clients),
             issuer_token,
+            objects: Mutex::new(Objects::default()),
+            storage,
+            root_url: OnceLock::new(),
             timing,
             faults: Mutex::new(Faults::default()),
             calls_changed: Condvar::new(),
@@ -336,7 +488,17 @@ impl Core {
 
     /// Is `name` an endpoint the double serves?
     pub fn serves(&self, name: &str) -> bool {
-        ROUTES.iter().any(|(n, _, _)| *n == name)
+        ROUTES.iter().chain(OBJECT_ROUTES).any(|(n, _, _)| *n == name)
+    }
+
+    /// Set the root URL once the server listens; URLs the double hands out start with it.
+    pub fn set_root_url(&self, url: String) {
+        let _ = self.root_url.set(url);
+    }
+
+    /// The root URL, e.g. `http://127.0.0.1:41234`.
+    pub fn root_url(&self) -> &str {
+        self.root_url.get().map_or("http://127.0.0.1", String::as_str)
     }
 
     /// Add or replace a permanent client.
@@ -355,12 +517,12 @@ impl Core {
         hawk::authenticate(&self.clients.read().expect("clients lock"), incoming, Utc::now())
     }
 
-    fn lock(&self) -> MutexGuard<'_, Store> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Run `f` on the store and, if it says it changed something, wake everyone who waits for change.
-    fn mutate<T>(&self, f: impl FnOnce(&mut Store) -> (T, bool)) -> T {
+    pub(super) fn mutate<T>(&self, f: impl FnOnce(&mut Store) -> (T, bool)) -> T {
         let (out, changed) = f(&mut self.lock());
         if changed {
             self.changed.notify_all();
@@ -493,6 +655,31 @@ impl Core {
                 format!("Invalid URL patterns:\n{}", errors.join("\n")),
             ));
         }
+        // queries.js: only the entry's query parameters (and a bewit), each matching its pattern
+        // (`paginateResults.query`: a non-empty continuationToken, a decimal limit).
+        let errors: Vec<String> = call
+            .query
+            .iter()
+            .filter_map(|(key, value)| {
+                if !entry.query.contains(key) {
+                    return (key != "bewit")
+                        .then(|| format!("Query-string parameter: {key} is not supported!"));
+                }
+                let (ok, pattern) = match key.as_str() {
+                    "limit" => (
+                        !value.is_empty() && value.bytes().all(|c| c.is_ascii_digit()),
+                        "/^[0-9]+$/",
+                    ),
+                    _ => (value.chars().any(|c| c != '\n' && c != '\r'), "/./"),
+                };
+                (!ok).then(|| {
+                    format!("Query-string parameter: {key}=\"{value}\" does not match expression: {pattern}")
+                })
+            })
+            .collect();
+        if !errors.is_empty() {
+            return Err(ApiError::new("InvalidRequestArguments", errors.join("\n")));
+        }
         if let Some(input) = &entry.input {
             if !body_is_json {
                 return Err(ApiError::new(
@@ -532,7 +719,70 @@ impl Core {
         }
     }
 
-    /// The handler of every endpoint but `claimWork`.
+    /// The handler of every endpoint but `claimWork`, with the reply's status and headers.
+    pub fn handle_reply(&self, call: &Call<'_>) -> Result<Reply, ApiError> {
+        let now = now_ms();
+        match call.entry.name.as_str() {
+            "createArtifact" => self.create_artifact(call, now),
+            "finishArtifact" => self.finish_artifact(call),
+            "getArtifact" => self.get_artifact(call, false, now),
+            "getLatestArtifact" => self.get_artifact(call, true, now),
+            "listArtifacts" => self.list_artifacts(call),
+            "createUpload" => self.create_upload(call, now),
+            "finishUpload" => self.finish_upload(call),
+            "startDownload" => self.start_download(call, now),
+            "object" => self.object_metadata(call),
+            "download" => self.download(call, now),
+            _ => self.handle(call).map(Reply::ok),
+        }
+    }
+
+    /// A call one service makes to another (the Queue to the Object service), with the caller's own
+    /// credentials (scope `*`): counted and subject to the faults queued for the endpoint like any
+    /// HTTP call, then through the same pipeline. A `Delay` fault sleeps in the calling thread.
+    pub(super) fn service_call(
+        &self,
+        name: &str,
+        params: &[(&str, &str)],
+        body: Value,
+    ) -> Result<Reply, ApiError> {
+        match self.record_call(name) {
+            Some(Fault::Fail) => {
+                return Err(ApiError::internal(format!(
+                    "{name}: Internal Server Error, incidentId queue-double-injected-fault."
+                )))
+            }
+            Some(Fault::Drop) => {
+                return Err(ApiError::internal(format!(
+                    "{name}: socket hang up (the queue double dropped the connection)"
+                )))
+            }
+            Some(Fault::Delay(d)) => std::thread::sleep(d),
+            None => {}
+        }
+        let entry = self.entry(name);
+        let mut call = Call {
+            entry,
+            params: params.iter().map(|(k, v)| (k.to_string(), json!(v))).collect(),
+            query: vec![],
+            body,
+            caller: Caller::Internal,
+        };
+        self.prepare(&mut call, true)?;
+        let reply = self.handle_reply(&call)?;
+        self.check_reply(entry, &reply)?;
+        Ok(reply)
+    }
+
+    /// [`Core::check_output`] for the replies that go through it.
+    pub fn check_reply(&self, entry: &ApiEntry, reply: &Reply) -> Result<(), ApiError> {
+        match &reply.body {
+            Body::Json(v) if reply.checked => self.check_output(entry, v),
+            _ => Ok(()),
+        }
+    }
+
+    /// The handler of the Queue's task and run endpoints.
     pub fn handle(&self, call: &Call<'_>) -> Result<Value, ApiError> {
         let now = now_ms();
         let task_id = call
@@ -1152,19 +1402,21 @@ impl Core {
         }
     }
 
-    /// Run a call through the whole pipeline without HTTP (the Rust API).
+    /// Run a call through the whole pipeline without HTTP (the Rust API); the reply's JSON body (null
+    /// when it has none).
     pub fn internal_call(&self, name: &str, params: &[(&str, &str)], body: Value) -> Result<Value, ApiError> {
         let entry = self.entry(name);
         let mut call = Call {
             entry,
             params: params.iter().map(|(k, v)| (k.to_string(), json!(v))).collect(),
+            query: vec![],
             body,
             caller: Caller::Internal,
         };
         self.prepare(&mut call, true)?;
-        let reply = self.handle(&call)?;
-        self.check_output(entry, &reply)?;
-        Ok(reply)
+        let reply = self.handle_reply(&call)?;
+        self.check_reply(entry, &reply)?;
+        Ok(reply.json())
     }
 }
 

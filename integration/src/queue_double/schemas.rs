@@ -1,6 +1,7 @@
-//! The Queue's API reference and JSON schemas, read from `shared/taskcluster`, and validation against them.
+//! The Queue's and the Object service's API references and JSON schemas, read from `shared/taskcluster`,
+//! and validation against them.
 //!
-//! The real Queue validates every request body against its input schema (Ajv, draft-06, formats on,
+//! The real services validate every request body against its input schema (Ajv, draft-06, formats on,
 //! `useDefaults`) and every reply against its output schema; this module does the same with the
 //! `jsonschema` crate forced to draft 6.
 
@@ -52,6 +53,11 @@ pub fn api_json_path() -> Result<PathBuf, SchemaError> {
     Ok(shared_dir()?.join("taskcluster/references/queue/v1/api.json"))
 }
 
+/// The path of the Object service's api.json.
+pub fn object_api_json_path() -> Result<PathBuf, SchemaError> {
+    Ok(shared_dir()?.join("taskcluster/references/object/v1/api.json"))
+}
+
 fn read_json(path: &Path) -> Result<Value, SchemaError> {
     let text = std::fs::read_to_string(path).map_err(|error| SchemaError::Read {
         path: path.to_path_buf(),
@@ -63,9 +69,16 @@ fn read_json(path: &Path) -> Result<Value, SchemaError> {
     })
 }
 
+/// The Queue, in [`ApiEntry::service`].
+pub const QUEUE: &str = "queue";
+/// The Object service, in [`ApiEntry::service`].
+pub const OBJECT: &str = "object";
+
 /// One entry of api.json.
 #[derive(Debug, Clone)]
 pub struct ApiEntry {
+    /// [`QUEUE`] or [`OBJECT`].
+    pub service: &'static str,
     /// The method name, e.g. `claimWork`.
     pub name: String,
     /// Lower-case HTTP method.
@@ -74,39 +87,64 @@ pub struct ApiEntry {
     pub route: String,
     /// Route parameters in order.
     pub args: Vec<String>,
+    /// The query-string parameters it accepts.
+    pub query: Vec<String>,
     /// The scope expression template, if any.
     pub scopes: Option<Value>,
-    /// The input schema id, e.g. `v1/claim-work-request.json#`.
+    /// The input schema id, e.g. `v1/claim-work-request.json#` (the Queue's) or
+    /// `/schemas/object/v1/create-upload-request.json#` (the Object service's, made absolute).
     pub input: Option<String>,
     /// The output schema id.
     pub output: Option<String>,
 }
 
-/// Parse the Queue's api.json.
+/// Parse the Queue's api.json, then the Object service's.
 pub fn load_api_entries() -> Result<Vec<ApiEntry>, SchemaError> {
-    let api = read_json(&api_json_path()?)?;
+    let mut entries = parse_api(&api_json_path()?, QUEUE)?;
+    entries.extend(parse_api(&object_api_json_path()?, OBJECT)?);
+    Ok(entries)
+}
+
+/// The entries of one api.json. Schema ids other than the Queue's are made absolute
+/// (`/schemas/<service>/v1/...`), as [`schema_path`] resolves relative ids against the Queue.
+fn parse_api(path: &Path, service: &'static str) -> Result<Vec<ApiEntry>, SchemaError> {
+    let api = read_json(path)?;
     let entries = api["entries"]
         .as_array()
-        .ok_or_else(|| SchemaError::Reference("no entries array".into()))?;
+        .ok_or_else(|| SchemaError::Reference(format!("{service}: no entries array")))?;
     let text = |e: &Value, key: &str| e[key].as_str().map(str::to_string);
+    let strings = |e: &Value, key: &str| -> Vec<String> {
+        e[key]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    };
+    let schema_id = |e: &Value, key: &str| {
+        text(e, key).map(|id| {
+            if service == QUEUE || id.starts_with('/') {
+                id
+            } else {
+                format!("/schemas/{service}/{id}")
+            }
+        })
+    };
     entries
         .iter()
         .filter(|e| e["type"] == "function")
         .map(|e| {
-            let name =
-                text(e, "name").ok_or_else(|| SchemaError::Reference("an entry has no name".into()))?;
+            let name = text(e, "name")
+                .ok_or_else(|| SchemaError::Reference(format!("{service}: an entry has no name")))?;
             Ok(ApiEntry {
+                service,
                 method: text(e, "method")
-                    .ok_or_else(|| SchemaError::Reference(format!("{name} has no method")))?,
+                    .ok_or_else(|| SchemaError::Reference(format!("{service}: {name} has no method")))?,
                 route: text(e, "route")
-                    .ok_or_else(|| SchemaError::Reference(format!("{name} has no route")))?,
-                args: e["args"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
-                    .unwrap_or_default(),
+                    .ok_or_else(|| SchemaError::Reference(format!("{service}: {name} has no route")))?,
+                args: strings(e, "args"),
+                query: strings(e, "query"),
                 scopes: e.get("scopes").cloned(),
-                input: text(e, "input"),
-                output: text(e, "output"),
+                input: schema_id(e, "input"),
+                output: schema_id(e, "output"),
                 name,
             })
         })

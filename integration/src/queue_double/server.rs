@@ -1,5 +1,7 @@
-//! The HTTP face of the double: actix-web routes under `/api/queue/v1`, one per endpoint of
-//! [`ROUTES`], and the reply and error shapes of `libraries/api`.
+//! The HTTP face of the double: actix-web routes under `/api/queue/v1` (one per endpoint of [`ROUTES`])
+//! and `/api/object/v1` (one per endpoint of [`OBJECT_ROUTES`]) with the reply and error shapes of
+//! `libraries/api`, and the bucket's presigned-style URLs under
+//! [`BUCKET_PREFIX`](super::storage::BUCKET_PREFIX).
 
 use std::sync::Arc;
 
@@ -9,8 +11,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 
 use super::hawk::{Incoming, SignedRequest};
-use super::queue::{ApiError, Call, Caller, Core, Fault, ROUTES, WILDCARD_PARAMS};
+use super::object::OBJECT_PREFIX;
+use super::queue::{is_wildcard, ApiError, Body, Call, Caller, Core, Fault, Reply, OBJECT_ROUTES, ROUTES};
+use super::schemas::{OBJECT, QUEUE};
 use super::state::{fmt_time, now_ms};
+use super::storage::BUCKET_PREFIX;
 
 /// Where the Queue's API lives under the root URL.
 pub const API_PREFIX: &str = "/api/queue/v1";
@@ -18,16 +23,20 @@ pub const API_PREFIX: &str = "/api/queue/v1";
 /// The largest body accepted (the Queue's `inputLimit`).
 const INPUT_LIMIT: usize = 10 * 1024 * 1024;
 
-/// An api.json route (`/task/<taskId>`) as an actix-web path (`/task/{taskId}`); wildcard parameters
-/// take the rest of the path, slashes included.
-pub fn actix_path(route: &str) -> String {
-    let mut out = String::from(API_PREFIX);
+/// An api.json route (`/task/<taskId>`) of `endpoint` of `service` as an actix-web path
+/// (`/api/queue/v1/task/{taskId}`); wildcard parameters take the rest of the path, slashes included.
+pub fn actix_path(service: &str, endpoint: &str, route: &str) -> String {
+    let mut out = String::from(if service == OBJECT {
+        OBJECT_PREFIX
+    } else {
+        API_PREFIX
+    });
     let mut rest = route;
     while let Some(start) = rest.find('<') {
         let end = rest[start..].find('>').map_or(rest.len(), |e| start + e);
         let name = &rest[start + 1..end];
         out.push_str(&rest[..start]);
-        if WILDCARD_PARAMS.contains(&name) {
+        if is_wildcard(service, endpoint, name) {
             out.push_str(&format!("{{{name}:.*}}"));
         } else {
             out.push_str(&format!("{{{name}}}"));
@@ -38,23 +47,27 @@ pub fn actix_path(route: &str) -> String {
     out
 }
 
-/// Register every served endpoint on an actix-web app.
+/// Register every served endpoint and the bucket on an actix-web app.
 pub fn configure(core: Arc<Core>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(web::PayloadConfig::new(INPUT_LIMIT));
         // One resource per path, one route per method on it (PUT and GET share /task/<taskId>).
-        let mut paths: Vec<String> = ROUTES.iter().map(|(_, _, r)| actix_path(r)).collect();
-        paths.dedup();
+        let served: Vec<(&'static str, &'static str, &'static str, String)> =
+            [(QUEUE, ROUTES), (OBJECT, OBJECT_ROUTES)]
+                .into_iter()
+                .flat_map(|(service, routes)| {
+                    routes.iter().map(move |(name, method, route)| {
+                        (service, *name, *method, actix_path(service, name, route))
+                    })
+                })
+                .collect();
         let mut seen = std::collections::HashSet::new();
-        for path in paths {
+        for (_, _, _, path) in &served {
             if !seen.insert(path.clone()) {
                 continue;
             }
             let mut resource = web::resource(path.as_str());
-            for (name, method, route) in ROUTES {
-                if actix_path(route) != path {
-                    continue;
-                }
+            for (_, name, method, _) in served.iter().filter(|(_, _, _, p)| p == path) {
                 let method = actix_web::http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
                     .expect("api.json methods are HTTP methods");
                 let core = core.clone();
@@ -67,6 +80,24 @@ pub fn configure(core: Arc<Core>) -> impl FnOnce(&mut web::ServiceConfig) {
             }
             cfg.service(resource);
         }
+        let (put_core, get_core) = (core.clone(), core.clone());
+        cfg.service(
+            web::resource(format!("{BUCKET_PREFIX}/{{token}}"))
+                .route(web::put().to(move |req: HttpRequest, payload: web::Payload| {
+                    let core = put_core.clone();
+                    async move {
+                        let token = req.match_info().get("token").unwrap_or_default().to_string();
+                        core.storage.put(&token, &req, payload).await
+                    }
+                }))
+                .route(web::get().to(move |req: HttpRequest| {
+                    let core = get_core.clone();
+                    async move {
+                        let token = req.match_info().get("token").unwrap_or_default().to_string();
+                        core.storage.get(&token).await
+                    }
+                })),
+        );
         cfg.default_service(web::to(|req: HttpRequest| async move {
             json_reply(
                 StatusCode::NOT_FOUND,
@@ -115,7 +146,7 @@ fn error_reply(name: &str, err: &ApiError, params: &Map<String, Value>, payload:
 
 /// A reply whose body fails before anything is written: actix-web then closes the connection without
 /// sending a response.
-fn dropped_connection() -> HttpResponse {
+pub fn dropped_connection() -> HttpResponse {
     let failing = futures_util::stream::once(async {
         Err::<web::Bytes, std::io::Error>(std::io::Error::other("queue double: dropping the connection"))
     });
@@ -124,6 +155,40 @@ fn dropped_connection() -> HttpResponse {
 
 fn header(headers: &HeaderMap, name: impl actix_web::http::header::AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The query string as Express's `qs` reads it (`+` is a space), pairs in order.
+fn parse_query(query: &str) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// A [`Reply`] as an HTTP response.
+fn http_reply(reply: Reply) -> HttpResponse {
+    let mut builder =
+        HttpResponse::build(StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+    for (name, value) in &reply.headers {
+        builder.insert_header((*name, value.as_str()));
+    }
+    match reply.body {
+        Body::Json(v) => builder
+            .content_type("application/json; charset=utf-8")
+            .insert_header(("cache-control", "no-store no-cache must-revalidate"))
+            .body(v.to_string()),
+        Body::Text(t) => builder.content_type("text/plain; charset=utf-8").body(t),
+        Body::Empty => builder.finish(),
+    }
 }
 
 /// `type-is`'s `application/json` check, ignoring parameters.
@@ -234,6 +299,7 @@ async fn dispatch(core: Arc<Core>, name: &'static str, req: HttpRequest, bytes: 
     let mut call = Call {
         entry,
         params: params.clone(),
+        query: parse_query(req.query_string()),
         body,
         caller: Caller::Http(auth),
     };
@@ -241,16 +307,16 @@ async fn dispatch(core: Arc<Core>, name: &'static str, req: HttpRequest, bytes: 
         core.prepare(&mut call, json_body)?;
         let reply = if name == "claimWork" {
             let (queue, wg, wid, count) = core.authorize_claim(&call)?;
-            core.claim_work(&queue, &wg, &wid, count).await
+            Reply::ok(core.claim_work(&queue, &wg, &wid, count).await)
         } else {
-            core.handle(&call)?
+            core.handle_reply(&call)?
         };
-        core.check_output(entry, &reply)?;
-        Ok::<Value, ApiError>(reply)
+        core.check_reply(entry, &reply)?;
+        Ok::<Reply, ApiError>(reply)
     }
     .await;
     match result {
-        Ok(reply) => json_reply(StatusCode::OK, &reply),
+        Ok(reply) => http_reply(reply),
         Err(err) => error_reply(name, &err, &params, &call.body),
     }
 }
@@ -262,14 +328,39 @@ mod tests {
     #[test]
     fn routes_become_actix_paths() {
         assert_eq!(
-            actix_path("/task/<taskId>/status"),
+            actix_path(QUEUE, "status", "/task/<taskId>/status"),
             "/api/queue/v1/task/{taskId}/status"
         );
         assert_eq!(
-            actix_path("/claim-work/<taskQueueId>"),
+            actix_path(QUEUE, "claimWork", "/claim-work/<taskQueueId>"),
             "/api/queue/v1/claim-work/{taskQueueId:.*}"
         );
-        assert_eq!(actix_path("/ping"), "/api/queue/v1/ping");
+        assert_eq!(actix_path(QUEUE, "ping", "/ping"), "/api/queue/v1/ping");
+        assert_eq!(
+            actix_path(QUEUE, "getLatestArtifact", "/task/<taskId>/artifacts/<name>"),
+            "/api/queue/v1/task/{taskId}/artifacts/{name:.*}"
+        );
+        assert_eq!(
+            actix_path(OBJECT, "createUpload", "/upload/<name>"),
+            "/api/object/v1/upload/{name}"
+        );
+        assert_eq!(
+            actix_path(OBJECT, "download", "/download/<name>"),
+            "/api/object/v1/download/{name:.*}"
+        );
+    }
+
+    #[test]
+    fn query_strings_decode_like_qs() {
+        assert_eq!(
+            parse_query("limit=2&continuationToken=a%3D%3D&x=a+b&flag"),
+            vec![
+                ("limit".to_string(), "2".to_string()),
+                ("continuationToken".to_string(), "a==".to_string()),
+                ("x".to_string(), "a b".to_string()),
+                ("flag".to_string(), String::new()),
+            ]
+        );
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Tasks, their runs and the run lifecycle, after the Queue's DB functions (`schedule_task`,
 //! `claim_task`, `reclaim_task`, `resolve_task`, `check_task_claim`, `cancel_task` in
-//! `db/versions/0028.yml` and `0124.yml`).
+//! `db/versions/0028.yml` and `0124.yml`), and the artifacts of the runs (`queue_artifacts`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
@@ -247,6 +247,14 @@ impl Task {
         self.def_str("projectId")
     }
 
+    /// `expires` of the definition.
+    pub fn expires(&self) -> Option<DateTime<Utc>> {
+        self.definition["expires"]
+            .as_str()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|t| t.with_timezone(&Utc))
+    }
+
     /// The dependencies.
     pub fn dependencies(&self) -> Vec<String> {
         self.definition["dependencies"]
@@ -289,11 +297,49 @@ impl Task {
     }
 }
 
-/// All tasks, and the pending queue's insertion counter.
+/// One artifact, as a `queue_artifacts` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Artifact {
+    /// `s3`, `object`, `reference`, `link` or `error`.
+    pub storage_type: String,
+    /// Fixed by the first createArtifact.
+    pub content_type: String,
+    /// `{bucket, prefix}` (s3), `{uploadId}` (object, until finished, then `{}`), `{url}` (reference),
+    /// `{artifact}` (link), `{message, reason}` (error).
+    pub details: Value,
+    /// False for an object artifact until finishArtifact.
+    pub present: bool,
+    /// When it expires.
+    pub expires: DateTime<Utc>,
+    /// `contentLength` of the first createArtifact, if given.
+    pub content_length: Option<u64>,
+}
+
+impl Artifact {
+    /// `artifactUtils.serialize`: the `artifact-response.json` shape.
+    pub fn serialize(&self, name: &str) -> Value {
+        let mut m = Map::new();
+        m.insert("storageType".into(), json!(self.storage_type));
+        m.insert("name".into(), json!(name));
+        m.insert("expires".into(), json!(fmt_time(self.expires)));
+        m.insert("contentType".into(), json!(self.content_type));
+        if let Some(len) = self.content_length {
+            m.insert("contentLength".into(), json!(len));
+        }
+        Value::Object(m)
+    }
+}
+
+/// `(taskId, runId, name)`, ordered as the Queue's artifact pages are.
+pub type ArtifactKey = (String, usize, String);
+
+/// All tasks, their artifacts, and the pending queue's insertion counter.
 #[derive(Debug, Default)]
 pub struct Store {
     /// Tasks by id.
     pub tasks: HashMap<String, Task>,
+    /// Artifacts of all runs.
+    pub artifacts: BTreeMap<ArtifactKey, Artifact>,
     seq: u64,
 }
 
