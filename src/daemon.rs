@@ -4,17 +4,18 @@
 //! Signals: SIGTERM or SIGINT stop claiming and abort running tasks as `exception/worker-shutdown`
 //! (their logs are still written); SIGQUIT drains: stop claiming, let running tasks finish, then exit.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use docker_worker_actors::artifacts::LocalDirSink;
 use docker_worker_actors::docker::{DockerActor, DockerPort};
 use docker_worker_actors::lifecycle::StopReason;
+use docker_worker_actors::live_log::{LiveLogServer, LiveLogSettings, LiveLogs};
+use docker_worker_actors::queue::artifacts::{QueueArtifactSink, StorageType};
+use docker_worker_actors::queue::QueueLink;
 use docker_worker_actors::queue::{Credentials, QueueActor, QueueClient, QueuePort, RetryPolicy};
 use docker_worker_actors::supervisor::{
-    ClaimSettings, Drain, Shutdown, Supervisor, TaskResources, TaskResourcesFactory,
+    ClaimSettings, Drain, LivePublish, Shutdown, Supervisor, TaskResources, TaskResourcesFactory,
 };
 use docker_worker_actors::task::TaskSpec;
 use slog::{error, info, Logger};
@@ -25,17 +26,30 @@ use crate::cli::StartArgs;
 use crate::settings::{Settings, Sources};
 use crate::{exit, logging, run};
 
-/// Per-task actors for the daemon: the log to a backing file, artifacts to `<work_dir>/<taskId>/<runId>/`.
+/// Per-task actors for the daemon: the log to a backing file, artifacts to the Queue.
 struct DaemonFactory {
     docker: DockerPort,
-    work_dir: PathBuf,
+    client: QueueClient,
+    storage: StorageType,
+    live: LivePublish,
 }
 
 impl TaskResourcesFactory for DaemonFactory {
-    fn create(&self, spec: &TaskSpec) -> std::io::Result<TaskResources> {
-        let dir = self.work_dir.join(&spec.task_id).join(spec.run_id.to_string());
-        let sink = LocalDirSink::prepare(&dir)?;
-        TaskResources::start(self.docker.clone(), Vec::new(), Arc::new(sink))
+    fn create(&self, spec: &TaskSpec, queue: Option<&QueueLink>) -> std::io::Result<TaskResources> {
+        let link = queue.ok_or_else(|| std::io::Error::other("a daemon task always comes with its claim"))?;
+        // The Queue fills in `expires` (deadline + 1 year by default); this is only a fallback.
+        let expires = spec
+            .expires
+            .unwrap_or_else(|| chrono::Utc::now() + chrono::Duration::days(365));
+        let sink = QueueArtifactSink::new(
+            self.client.clone(),
+            &spec.task_id,
+            spec.run_id,
+            link.shared_credentials.clone(),
+            self.storage,
+            expires,
+        );
+        TaskResources::start(self.docker.clone(), Vec::new(), Arc::new(sink), Some(&self.live))
     }
 }
 
@@ -91,7 +105,7 @@ async fn serve(settings: Settings, logger: Logger) -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
-    let queue = QueuePort::from_addr(&QueueActor::new(client).start());
+    let queue = QueuePort::from_addr(&QueueActor::new(client.clone()).start());
     let (exit_tx, exit_rx) = oneshot::channel();
     let claim = ClaimSettings {
         queue,
@@ -102,9 +116,35 @@ async fn serve(settings: Settings, logger: Logger) -> ExitCode {
         max_backoff: q.claim_max_backoff,
         idle_shutdown: settings.idle_shutdown,
     };
+    let logs = LiveLogs::new();
+    let live_settings = LiveLogSettings {
+        reader_idle_timeout: settings.live_log_idle_timeout,
+        logger: logger.clone(),
+        ..LiveLogSettings::default()
+    };
+    let server = match LiveLogServer::start_with(settings.live_log_bind, logs.clone(), live_settings) {
+        Ok(server) => server,
+        Err(e) => {
+            error!(logger, "[alert-operator] cannot start the live log server"; "bind" => %settings.live_log_bind, "error" => %e);
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let public_base = if settings.live_log_public_url.is_empty() {
+        let host = if settings.identity.public_ip.is_empty() {
+            settings.identity.hostname.clone()
+        } else {
+            settings.identity.public_ip.clone()
+        };
+        format!("http://{host}:{}", server.local_addr().port())
+    } else {
+        settings.live_log_public_url.clone()
+    };
+    info!(logger, "live log server"; "address" => %server.local_addr(), "publicUrl" => &public_base);
     let factory = DaemonFactory {
         docker: docker.clone(),
-        work_dir: settings.work_dir.clone(),
+        client,
+        storage: settings.storage,
+        live: LivePublish { logs, public_base },
     };
     let config = run::task_config(&settings, true, logger.clone());
     info!(logger, "start"; "taskQueueId" => &claim.task_queue_id, "capacity" => settings.capacity,
@@ -114,6 +154,7 @@ async fn serve(settings: Settings, logger: Logger) -> ExitCode {
         .start();
     watch_signals(supervisor, logger.clone());
     let _ = exit_rx.await;
+    server.stop().await;
     ExitCode::SUCCESS
 }
 

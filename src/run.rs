@@ -13,6 +13,7 @@ use docker_worker_actors::attach::Endpoint;
 use docker_worker_actors::docker::{DockerActor, DockerPort};
 use docker_worker_actors::lifecycle::StopReason;
 use docker_worker_actors::log_stream::LogSink;
+use docker_worker_actors::queue::QueueLink;
 use docker_worker_actors::supervisor::{RunTask, Shutdown, Supervisor, TaskResources, TaskResourcesFactory};
 use docker_worker_actors::task::{new_task_id, TaskSpec};
 use docker_worker_actors::task_actor::{TaskConfig, TaskOutcome};
@@ -30,9 +31,9 @@ struct LocalFactory {
 }
 
 impl TaskResourcesFactory for LocalFactory {
-    fn create(&self, _: &TaskSpec) -> std::io::Result<TaskResources> {
+    fn create(&self, _: &TaskSpec, _: Option<&QueueLink>) -> std::io::Result<TaskResources> {
         let terminal = LogSink::optional("terminal", tokio::io::stdout()).live();
-        TaskResources::start(self.docker.clone(), vec![terminal], self.sink.clone())
+        TaskResources::start(self.docker.clone(), vec![terminal], self.sink.clone(), None)
     }
 }
 
@@ -220,6 +221,8 @@ fn summarize(outcome: &TaskOutcome, args: &RunArgs) {
                 message,
                 ..
             } => eprintln!("  {name}  error artifact, {}: {message}", reason.as_str()),
+            StoredArtifact::Reference { name, url } => eprintln!("  {name}  reference to {url}"),
+            StoredArtifact::Link { name, artifact } => eprintln!("  {name}  link to {artifact}"),
         }
     }
     let summary = args

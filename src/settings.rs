@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
 use docker_worker_actors::docker::PullPolicy;
+use docker_worker_actors::queue::artifacts::StorageType;
 use docker_worker_actors::task::WorkerIdentity;
 use serde::Deserialize;
 
@@ -44,6 +45,8 @@ pub enum SettingsError {
 struct RawSettings {
     worker: RawWorker,
     queue: RawQueue,
+    live_log: RawLiveLog,
+    artifacts: RawArtifacts,
     shutdown: RawShutdown,
     docker: RawDocker,
     logging: RawLogging,
@@ -65,6 +68,20 @@ struct RawQueue {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawLiveLog {
+    bind: String,
+    public_url: String,
+    reader_idle_timeout_seconds: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArtifacts {
+    storage: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawShutdown {
     after_idle_seconds: i64,
 }
@@ -81,7 +98,6 @@ struct RawWorker {
     root_url: String,
     worker_location: String,
     capacity: i64,
-    work_dir: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,9 +147,13 @@ pub struct QueueSettings {
 pub struct Settings {
     pub identity: WorkerIdentity,
     pub capacity: usize,
-    pub work_dir: std::path::PathBuf,
     pub queue: QueueSettings,
     pub idle_shutdown: Option<Duration>,
+    pub storage: StorageType,
+    pub live_log_bind: std::net::SocketAddr,
+    /// Empty: derived from the public IP or host name and the bound port.
+    pub live_log_public_url: String,
+    pub live_log_idle_timeout: Duration,
     pub docker_host: Option<String>,
     pub shm_size: Option<i64>,
     pub pull: PullPolicy,
@@ -217,7 +237,6 @@ impl Settings {
             w.root_url
         };
         let capacity = w.capacity;
-        let work_dir = w.work_dir.clone();
         let identity = WorkerIdentity {
             provisioner_id: non_empty("worker.provisioner_id", w.provisioner_id)?,
             worker_type: non_empty("worker.worker_type", w.worker_type)?,
@@ -264,6 +283,25 @@ impl Settings {
             key: "shutdown.after_idle_seconds",
             message: "must not be negative".into(),
         })?;
+        let storage = match raw.artifacts.storage.as_str() {
+            "object" => StorageType::Object,
+            "s3" => StorageType::S3,
+            other => {
+                return Err(SettingsError::Invalid {
+                    key: "artifacts.storage",
+                    message: format!("must be \"object\" or \"s3\", not {other:?}"),
+                })
+            }
+        };
+        let live_log_bind = raw.live_log.bind.parse().map_err(|e| SettingsError::Invalid {
+            key: "live_log.bind",
+            message: format!("must be an address and port such as 0.0.0.0:60023 ({e})"),
+        })?;
+        let live_log_idle_timeout = Duration::from_secs(positive(
+            "live_log.reader_idle_timeout_seconds",
+            raw.live_log.reader_idle_timeout_seconds,
+        )?);
+        let live_log_public_url = raw.live_log.public_url.trim_end_matches('/').to_string();
         let d = raw.docker;
         let log_format = match raw.logging.format.as_str() {
             "json" => LogFormat::Json,
@@ -288,9 +326,12 @@ impl Settings {
             })?;
         Ok(Settings {
             capacity: positive("worker.capacity", capacity)? as usize,
-            work_dir: non_empty("worker.work_dir", work_dir)?.into(),
             queue,
             idle_shutdown: (idle > 0).then(|| Duration::from_secs(idle)),
+            storage,
+            live_log_bind,
+            live_log_public_url,
+            live_log_idle_timeout,
             identity,
             docker_host: (!d.host.is_empty()).then_some(d.host),
             shm_size: Some(positive("docker.shm_size", d.shm_size)? as i64),

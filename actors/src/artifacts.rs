@@ -52,6 +52,8 @@ pub struct ArtifactMeta {
     pub content_encoding: Option<String>,
     /// When it expires.
     pub expires: Option<DateTime<Utc>>,
+    /// The length of the bytes to store, when known before they flow (a tar entry's size, a file's length).
+    pub size: Option<u64>,
 }
 
 /// One artifact as recorded.
@@ -76,6 +78,22 @@ pub enum StoredArtifact {
         #[serde(skip_serializing_if = "Option::is_none")]
         expires: Option<DateTime<Utc>>,
     },
+    /// A reference to a URL (the live log while the task runs).
+    #[serde(rename = "reference", rename_all = "camelCase")]
+    Reference {
+        /// The name.
+        name: String,
+        /// Where it points.
+        url: String,
+    },
+    /// A link to another artifact of the same run.
+    #[serde(rename = "link", rename_all = "camelCase")]
+    Link {
+        /// The name.
+        name: String,
+        /// The artifact it points at.
+        artifact: String,
+    },
     /// An error artifact.
     #[serde(rename = "error", rename_all = "camelCase")]
     Error {
@@ -95,7 +113,10 @@ impl StoredArtifact {
     /// The artifact's name.
     pub fn name(&self) -> &str {
         match self {
-            StoredArtifact::File { name, .. } | StoredArtifact::Error { name, .. } => name,
+            StoredArtifact::File { name, .. }
+            | StoredArtifact::Error { name, .. }
+            | StoredArtifact::Reference { name, .. }
+            | StoredArtifact::Link { name, .. } => name,
         }
     }
 }
@@ -110,6 +131,14 @@ pub enum SinkError {
         name: String,
         /// Why.
         reason: String,
+    },
+    /// Storage failed for a reason that may pass (a network error, a 5xx): worth another attempt.
+    #[error("storing artifact {name:?} failed: {error}")]
+    Transient {
+        /// The name.
+        name: String,
+        /// The error.
+        error: String,
     },
     /// Storage failed.
     #[error("storing artifact {name:?} failed: {error}")]
@@ -127,6 +156,14 @@ pub trait ArtifactSink: Send + Sync + 'static {
     fn put(&self, meta: &ArtifactMeta, body: &mut dyn Read) -> Result<u64, SinkError>;
     /// Record an error artifact.
     fn put_error(&self, name: &str, reason: ErrorReason, message: &str) -> Result<(), SinkError>;
+    /// Record a reference to a URL; a sink without URLs only lists it.
+    fn put_reference(&self, _name: &str, _url: &str, _content_type: &str) -> Result<(), SinkError> {
+        Ok(())
+    }
+    /// Record a link to another artifact of the run; a sink without links only lists it.
+    fn put_link(&self, _name: &str, _target: &str) -> Result<(), SinkError> {
+        Ok(())
+    }
     /// Everything is stored; `records` lists it all.
     fn finish(&self, records: &[StoredArtifact]) -> Result<(), SinkError>;
 }
@@ -138,8 +175,21 @@ pub struct ArtifactReport {
     pub stored: Vec<StoredArtifact>,
     /// Lines for the task log, already formatted.
     pub log: Vec<String>,
-    /// Uploads that failed; any entry fails the task.
+    /// Uploads that failed for good; any entry fails the task.
     pub failures: Vec<String>,
+    /// Files whose upload failed in a way worth another attempt, to fetch again from the container.
+    pub retry: Vec<RetryEntry>,
+}
+
+/// A file to upload again: the archive it came in is spent, so it is fetched anew by its own path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryEntry {
+    /// The artifact name.
+    pub name: String,
+    /// The file's path in the container.
+    pub path: String,
+    /// Why the last attempt failed.
+    pub error: String,
 }
 
 /// Turn a `payload.artifacts` entry's tar archive into artifacts.
@@ -150,10 +200,34 @@ pub struct UploadFromArchive {
     pub name: String,
     /// `file` or `directory`.
     pub kind: ArtifactKind,
+    /// The path in the container the archive was taken from.
+    pub path: String,
     /// Expiry.
     pub expires: Option<DateTime<Utc>>,
     /// The tar stream from Docker.
     pub archive: ByteStream,
+}
+
+/// Record a reference artifact (the live log's URL while the task runs).
+#[derive(Message)]
+#[rtype(result = "Result<StoredArtifact, SinkError>")]
+pub struct CreateReference {
+    /// The name.
+    pub name: String,
+    /// The URL.
+    pub url: String,
+    /// The content type behind the URL.
+    pub content_type: String,
+}
+
+/// Record a link artifact (the live log, once the task ends, pointing at the backing log).
+#[derive(Message)]
+#[rtype(result = "Result<StoredArtifact, SinkError>")]
+pub struct CreateLink {
+    /// The name.
+    pub name: String,
+    /// The artifact it points at.
+    pub artifact: String,
 }
 
 /// The path of a `payload.artifacts` entry is missing: record a `file-missing-on-worker` error artifact.
@@ -196,6 +270,10 @@ pub struct ArtifactPort {
     pub file: Recipient<UploadFile>,
     /// See [`FinishArtifacts`].
     pub finish: Recipient<FinishArtifacts>,
+    /// See [`CreateReference`].
+    pub reference: Recipient<CreateReference>,
+    /// See [`CreateLink`].
+    pub link: Recipient<CreateLink>,
 }
 
 impl ArtifactPort {
@@ -206,6 +284,8 @@ impl ArtifactPort {
             missing: addr.clone().recipient(),
             file: addr.clone().recipient(),
             finish: addr.clone().recipient(),
+            reference: addr.clone().recipient(),
+            link: addr.clone().recipient(),
         }
     }
 }
@@ -245,7 +325,7 @@ impl Handler<UploadFromArchive> for ArtifactUploadActor {
             let name = msg.name.clone();
             tokio::task::spawn_blocking(move || {
                 let bridge = SyncIoBridge::new(reader);
-                extract_archive(&msg.name, msg.kind, msg.expires, bridge, sink.as_ref())
+                extract_archive(&msg.name, msg.kind, &msg.path, msg.expires, bridge, sink.as_ref())
             })
             .await
             .unwrap_or_else(|e| ArtifactReport {
@@ -322,6 +402,71 @@ impl Handler<UploadFile> for ArtifactUploadActor {
     }
 }
 
+impl Handler<CreateReference> for ArtifactUploadActor {
+    type Result = AtomicResponse<Self, Result<StoredArtifact, SinkError>>;
+
+    fn handle(&mut self, msg: CreateReference, _: &mut Context<Self>) -> Self::Result {
+        let sink = self.sink.clone();
+        let work = async move {
+            let name = msg.name.clone();
+            tokio::task::spawn_blocking(move || {
+                sink.put_reference(&msg.name, &msg.url, &msg.content_type)
+                    .map(|()| StoredArtifact::Reference {
+                        name: msg.name,
+                        url: msg.url,
+                    })
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(SinkError::Io {
+                    name,
+                    error: e.to_string(),
+                })
+            })
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(|r, act, _| {
+            if let Ok(a) = &r {
+                act.records.retain(|x| x.name() != a.name());
+                act.records.push(a.clone());
+            }
+            r
+        })))
+    }
+}
+
+impl Handler<CreateLink> for ArtifactUploadActor {
+    type Result = AtomicResponse<Self, Result<StoredArtifact, SinkError>>;
+
+    fn handle(&mut self, msg: CreateLink, _: &mut Context<Self>) -> Self::Result {
+        let sink = self.sink.clone();
+        let work = async move {
+            let name = msg.name.clone();
+            tokio::task::spawn_blocking(move || {
+                sink.put_link(&msg.name, &msg.artifact)
+                    .map(|()| StoredArtifact::Link {
+                        name: msg.name,
+                        artifact: msg.artifact,
+                    })
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(SinkError::Io {
+                    name,
+                    error: e.to_string(),
+                })
+            })
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(|r, act, _| {
+            if let Ok(a) = &r {
+                // A link replaces the reference of the same name.
+                act.records.retain(|x| x.name() != a.name());
+                act.records.push(a.clone());
+            }
+            r
+        })))
+    }
+}
+
 impl Handler<FinishArtifacts> for ArtifactUploadActor {
     type Result = AtomicResponse<Self, Result<Vec<StoredArtifact>, SinkError>>;
 
@@ -342,17 +487,44 @@ impl Handler<FinishArtifacts> for ArtifactUploadActor {
     }
 }
 
+/// Attempts at storing one of the worker's own files, and the first wait between them (it doubles).
+const FILE_ATTEMPTS: u32 = 5;
+const FILE_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn upload_file(sink: &dyn ArtifactSink, msg: &UploadFile) -> Result<StoredArtifact, SinkError> {
     let io_err = |e: io::Error| SinkError::Io {
         name: msg.meta.name.clone(),
         error: e.to_string(),
     };
-    let file = fs::File::open(&msg.path).map_err(io_err)?;
-    if msg.gzip {
-        let mut gz = flate2::read::GzEncoder::new(io::BufReader::new(file), flate2::Compression::default());
-        put_hashed(sink, &msg.meta, &mut gz)
+    // A compressed copy first, so its length is known before the upload starts.
+    let compressed = if msg.gzip {
+        let mut tmp = tempfile::NamedTempFile::new().map_err(io_err)?;
+        let mut gz = flate2::write::GzEncoder::new(&mut tmp, flate2::Compression::default());
+        io::copy(
+            &mut io::BufReader::new(fs::File::open(&msg.path).map_err(io_err)?),
+            &mut gz,
+        )
+        .map_err(io_err)?;
+        gz.finish().map_err(io_err)?;
+        Some(tmp)
     } else {
-        put_hashed(sink, &msg.meta, &mut io::BufReader::new(file))
+        None
+    };
+    let path = compressed.as_ref().map_or(msg.path.as_path(), |t| t.path());
+    let mut delay = FILE_RETRY_DELAY;
+    let mut attempt = 1;
+    loop {
+        let file = fs::File::open(path).map_err(io_err)?;
+        let mut meta = msg.meta.clone();
+        meta.size = Some(file.metadata().map_err(io_err)?.len());
+        match put_hashed(sink, &meta, &mut io::BufReader::new(file)) {
+            Err(SinkError::Transient { .. }) if attempt < FILE_ATTEMPTS => {
+                std::thread::sleep(delay);
+                delay *= 2;
+                attempt += 1;
+            }
+            other => return other,
+        }
     }
 }
 
@@ -438,10 +610,21 @@ fn entry_rest(raw: &str) -> Result<String, &'static str> {
     Ok(rest.join("/"))
 }
 
+/// Where a tar entry lives in the container: Docker names entries from the last part of the path it archived.
+fn entry_container_path(archived: &str, entry: &str) -> String {
+    let archived = archived.trim_end_matches('/');
+    let parent = match archived.rfind('/') {
+        Some(i) => &archived[..i],
+        None => "",
+    };
+    format!("{parent}/{}", entry.trim_start_matches("./"))
+}
+
 /// Walk a Docker archive of one `payload.artifacts` entry. Runs on a blocking thread.
 pub fn extract_archive(
     name: &str,
     kind: ArtifactKind,
+    path: &str,
     expires: Option<DateTime<Utc>>,
     reader: impl Read,
     sink: &dyn ArtifactSink,
@@ -529,9 +712,15 @@ pub fn extract_archive(
             name: artifact_name.clone(),
             content_encoding: None,
             expires,
+            size: Some(entry.header().size().unwrap_or(0)),
         };
         match put_hashed(sink, &meta, &mut entry) {
             Ok(a) => report.stored.push(a),
+            Err(SinkError::Transient { error, .. }) => report.retry.push(RetryEntry {
+                name: artifact_name,
+                path: entry_container_path(path, &raw),
+                error,
+            }),
             Err(e) => fail(&mut report, &artifact_name, e.to_string()),
         }
     }
@@ -693,7 +882,14 @@ mod tests {
             ("xfoo/wow/bar.txt", T::Regular, b"xfoo\n", None),
         ]);
         let sink = MemoryArtifactSink::default();
-        let report = extract_archive("public/dir", ArtifactKind::Directory, None, &archive[..], &sink);
+        let report = extract_archive(
+            "public/dir",
+            ArtifactKind::Directory,
+            "/xfoo/",
+            None,
+            &archive[..],
+            &sink,
+        );
         assert!(report.failures.is_empty(), "{report:?}");
         let names: Vec<&str> = report.stored.iter().map(|a| a.name()).collect();
         assert_eq!(names, ["public/dir/test.html", "public/dir/wow/bar.txt"]);
@@ -713,7 +909,14 @@ mod tests {
     fn a_file_keeps_the_artifact_name_and_gets_its_hash() {
         let archive = tar_of(&[("xfoo.txt", tar::EntryType::Regular, b"xfoo\n", None)]);
         let sink = MemoryArtifactSink::default();
-        let report = extract_archive("public/xfoo", ArtifactKind::File, None, &archive[..], &sink);
+        let report = extract_archive(
+            "public/xfoo",
+            ArtifactKind::File,
+            "/xfoo.txt",
+            None,
+            &archive[..],
+            &sink,
+        );
         match &report.stored[..] {
             [StoredArtifact::File {
                 name,
@@ -736,7 +939,14 @@ mod tests {
     fn the_wrong_type_is_an_error_artifact() {
         let archive = tar_of(&[("etc/", tar::EntryType::Directory, b"", None)]);
         let sink = MemoryArtifactSink::default();
-        let report = extract_archive("public/etc", ArtifactKind::File, None, &archive[..], &sink);
+        let report = extract_archive(
+            "public/etc",
+            ArtifactKind::File,
+            "/etc/",
+            None,
+            &archive[..],
+            &sink,
+        );
         assert!(report.failures.is_empty());
         assert_eq!(
             sink.errors.lock().unwrap()["public/etc"],
@@ -763,7 +973,14 @@ mod tests {
             ("out/ok.txt", T::Regular, b"ok", None),
         ]);
         let sink = MemoryArtifactSink::default();
-        let report = extract_archive("public/out", ArtifactKind::Directory, None, &archive[..], &sink);
+        let report = extract_archive(
+            "public/out",
+            ArtifactKind::Directory,
+            "/out",
+            None,
+            &archive[..],
+            &sink,
+        );
         let files = sink.files.lock().unwrap();
         assert_eq!(files.keys().collect::<Vec<_>>(), ["public/out/ok.txt"]);
         let log = report.log.concat();
@@ -780,6 +997,19 @@ mod tests {
     }
 
     #[test]
+    fn entries_map_back_to_their_container_paths() {
+        assert_eq!(
+            entry_container_path("/xfoo/", "xfoo/wow/bar.txt"),
+            "/xfoo/wow/bar.txt"
+        );
+        assert_eq!(
+            entry_container_path("/artifacts/x.txt", "x.txt"),
+            "/artifacts/x.txt"
+        );
+        assert_eq!(entry_container_path("/a/b", "b/c"), "/a/b/c");
+    }
+
+    #[test]
     fn local_dir_sink_refuses_names_that_leave_its_root() {
         let dir = tempfile::tempdir().unwrap();
         let sink = LocalDirSink::prepare(&dir.path().join("a")).unwrap();
@@ -791,6 +1021,7 @@ mod tests {
             content_type: "text/plain".into(),
             content_encoding: None,
             expires: None,
+            size: Some(2),
         };
         assert_eq!(sink.put(&meta, &mut &b"hi"[..]).unwrap(), 2);
         assert_eq!(fs::read(dir.path().join("a/public/x.txt")).unwrap(), b"hi");

@@ -11,6 +11,7 @@ pub mod artifacts;
 pub mod attach;
 pub mod docker;
 pub mod lifecycle;
+pub mod live_log;
 pub mod log_stream;
 pub mod logfmt;
 pub mod payload;

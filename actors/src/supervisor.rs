@@ -14,7 +14,8 @@ use std::sync::Arc;
 use crate::artifacts::{ArtifactPort, ArtifactSink, ArtifactUploadActor};
 use crate::docker::{call, DockerPort, RemoveTaskContainers};
 use crate::lifecycle::{ExceptionReason, Resolution, StopReason};
-use crate::log_stream::{LogSink, LogStreamActor};
+use crate::live_log::{live_log_url, LiveLogs};
+use crate::log_stream::{LogProgress, LogSink, LogStreamActor};
 use crate::queue::{self, Claim, ClaimWork, QueueLink, QueuePort, ResolveTask};
 use crate::task::TaskSpec;
 use crate::task_actor::{LogPort, StopTask, TaskActor, TaskConfig, TaskOutcome, TaskPorts};
@@ -34,11 +35,18 @@ impl TaskResources {
         docker: DockerPort,
         mut sinks: Vec<LogSink>,
         artifact_sink: Arc<dyn ArtifactSink>,
+        live: Option<&LivePublish>,
     ) -> std::io::Result<TaskResources> {
         let scratch = tempfile::Builder::new().prefix("docker-worker-").tempdir()?;
         let backing = scratch.path().join("live_backing.log");
         let file = tokio::fs::File::from_std(std::fs::File::create(&backing)?);
-        sinks.push(LogSink::required("backing log", tokio::io::BufWriter::new(file)));
+        let (progress, watch) = LogProgress::channel();
+        sinks.push(LogSink::required("backing log", tokio::io::BufWriter::new(file)).with_progress(progress));
+        let registration = live.map(|l| l.logs.register(&backing, watch)).transpose()?;
+        let live_log_url = registration
+            .as_ref()
+            .zip(live)
+            .map(|(r, l)| live_log_url(&l.public_base, r.token()));
         let log = LogStreamActor::new(sinks).start();
         let artifacts = ArtifactUploadActor::new(artifact_sink).start();
         Ok(TaskResources {
@@ -51,16 +59,27 @@ impl TaskResources {
                 artifacts: ArtifactPort::from_addr(&artifacts),
                 backing_log: Some(backing),
                 queue: None,
+                live_log_url,
             },
-            keep_alive: Box::new(scratch),
+            // The registration goes before the directory, so no reader finds the token without its file.
+            keep_alive: Box::new((registration, scratch)),
         })
     }
 }
 
+/// Where a task's live log is served: the worker's live log registry and its public base URL.
+#[derive(Clone)]
+pub struct LivePublish {
+    /// The registry the worker's live log server serves from.
+    pub logs: LiveLogs,
+    /// `http(s)://<public host>:<port>`, as readers reach the server.
+    pub public_base: String,
+}
+
 /// Builds the per-task actors (log, artifacts) for each new task.
 pub trait TaskResourcesFactory: 'static {
-    /// Resources for one task; called inside the actor system.
-    fn create(&self, spec: &TaskSpec) -> std::io::Result<TaskResources>;
+    /// Resources for one task; called inside the actor system. `queue` is the claim, for a queue task.
+    fn create(&self, spec: &TaskSpec, queue: Option<&QueueLink>) -> std::io::Result<TaskResources>;
 }
 
 /// The Supervisor could not take a task.
@@ -201,13 +220,13 @@ impl Supervisor {
         spec: TaskSpec,
         queue: Option<QueueLink>,
     ) -> Result<impl ActorFuture<Self, Output = TaskOutcome>, SupervisorError> {
-        let mut resources = self
-            .factory
-            .create(&spec)
-            .map_err(|e| SupervisorError::Resources {
-                task_id: spec.task_id.clone(),
-                error: e.to_string(),
-            })?;
+        let mut resources =
+            self.factory
+                .create(&spec, queue.as_ref())
+                .map_err(|e| SupervisorError::Resources {
+                    task_id: spec.task_id.clone(),
+                    error: e.to_string(),
+                })?;
         resources.ports.queue = queue.clone();
         let key = (spec.task_id.clone(), spec.run_id);
         let (done_tx, done_rx) = oneshot::channel();
@@ -320,6 +339,7 @@ impl Supervisor {
         let link = QueueLink {
             port: claiming.settings.queue.clone(),
             credentials: claim.credentials.clone(),
+            shared_credentials: std::sync::Arc::new(std::sync::Mutex::new(claim.credentials.clone())),
             taken_until: claim.taken_until,
         };
         let spec = TaskSpec::from_definition(&claim.task_id, claim.run_id, &claim.task);

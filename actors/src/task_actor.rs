@@ -13,7 +13,8 @@ use slog::{error, info, o, warn, Logger};
 use tokio::sync::{oneshot, watch};
 
 use crate::artifacts::{
-    ArtifactMeta, ArtifactPort, FinishArtifacts, RecordMissing, StoredArtifact, UploadFile, UploadFromArchive,
+    ArtifactMeta, ArtifactPort, ArtifactReport, CreateLink, CreateReference, FinishArtifacts, RecordMissing,
+    RetryEntry, StoredArtifact, UploadFile, UploadFromArchive,
 };
 use crate::docker::{
     call, AttachContainer, ByteStream, ContainerSpec, CopyFromContainer, CreateContainer, DockerError,
@@ -29,6 +30,10 @@ use crate::task::{TaskSpec, WorkerIdentity};
 
 /// The message docker-worker wrote when a task was canceled.
 pub const CANCEL_MESSAGE: &str = "Task was canceled by another entity. This can happen using a taskcluster client or by cancelling a task within Treeherder.";
+
+/// Attempts at uploading one artifact file, and the first wait between them (it doubles).
+pub const ARTIFACT_ATTEMPTS: u32 = 5;
+const ARTIFACT_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// The features this worker implements today; any other requested feature fails the task with a clear message.
 pub const SUPPORTED_FEATURES: &[Feature] = &[Feature::LocalLiveLog, Feature::Artifacts, Feature::BulkLog];
@@ -55,6 +60,8 @@ pub struct TaskPorts {
     pub backing_log: Option<PathBuf>,
     /// The claim, when the task came from the Queue; `None` for a local run.
     pub queue: Option<QueueLink>,
+    /// Where the log can be read live while the task runs, published as the live log artifact.
+    pub live_log_url: Option<String>,
 }
 
 /// Settings a task run needs from the worker.
@@ -150,6 +157,7 @@ impl TaskActor {
                 container: None,
                 exit_code: None,
                 artifact_failed: false,
+                live_log_created: false,
                 started: Instant::now(),
                 stop: stop_rx,
                 logger,
@@ -225,6 +233,8 @@ impl TaskActor {
                 match result {
                     Ok(reclaimed) => {
                         info!(act.logger, "reclaimed task"; "takenUntil" => %reclaimed.taken_until);
+                        *claim.link.shared_credentials.lock().expect("credentials lock") =
+                            reclaimed.credentials.clone();
                         claim.link.credentials = reclaimed.credentials;
                         claim.link.taken_until = reclaimed.taken_until;
                         act.schedule_reclaim(ctx, reclaimed.taken_until);
@@ -329,6 +339,7 @@ struct Run {
     container: Option<String>,
     exit_code: Option<i64>,
     artifact_failed: bool,
+    live_log_created: bool,
     started: Instant,
     stop: watch::Receiver<Option<StopReason>>,
 }
@@ -591,6 +602,21 @@ impl Run {
             return Ok(None);
         }
         self.event(TaskEvent::PayloadAccepted);
+        if let (Some(url), true) = (
+            &self.ports.live_log_url,
+            payload.features.enabled(Feature::LocalLiveLog),
+        ) {
+            let reference = CreateReference {
+                name: payload.live_log_name().to_string(),
+                url: url.clone(),
+                content_type: "text/plain; charset=utf-8".into(),
+            };
+            match self.ports.artifacts.reference.send(reference).await {
+                Ok(Ok(_)) => self.live_log_created = true,
+                Ok(Err(e)) => warn!(self.logger, "live log artifact failed"; "error" => %e),
+                Err(e) => warn!(self.logger, "live log artifact failed"; "error" => %e),
+            }
+        }
         Ok(Some(payload))
     }
 
@@ -718,17 +744,10 @@ impl Run {
     /// Copy each `payload.artifacts` entry out of the container. False when any upload failed.
     async fn collect_artifacts(&mut self, payload: &Payload, container: &str) -> Result<bool, LogError> {
         let mut ok = true;
+        let mut retry = Vec::new();
         for (name, spec) in &payload.artifacts {
             let expires = spec.expires.or(self.spec.expires);
-            let copied = call(
-                &self.ports.docker.copy_out,
-                CopyFromContainer {
-                    container: container.to_string(),
-                    path: spec.path.clone(),
-                },
-            )
-            .await;
-            let report = match copied {
+            let report = match self.copy_out(container, &spec.path).await {
                 Ok(archive) => {
                     self.ports
                         .artifacts
@@ -736,6 +755,7 @@ impl Run {
                         .send(UploadFromArchive {
                             name: name.clone(),
                             kind: spec.kind,
+                            path: spec.path.clone(),
                             expires,
                             archive,
                         })
@@ -763,10 +783,8 @@ impl Run {
             };
             match report {
                 Ok(report) => {
-                    for line in &report.log {
-                        self.write(line.clone()).await?;
-                    }
-                    ok &= report.failures.is_empty();
+                    ok &= self.take_report(&report).await?;
+                    retry.extend(report.retry.into_iter().map(|r| (r, expires)));
                 }
                 Err(e) => {
                     ok = false;
@@ -777,7 +795,80 @@ impl Run {
                 }
             }
         }
+        // Files whose upload failed on the way are fetched again, each by its own path, with backoff.
+        let mut delay = ARTIFACT_RETRY_DELAY;
+        for attempt in 2..=ARTIFACT_ATTEMPTS {
+            if retry.is_empty() {
+                break;
+            }
+            actix_rt::time::sleep(delay).await;
+            delay *= 2;
+            let mut again = Vec::new();
+            for (entry, expires) in std::mem::take(&mut retry) {
+                info!(self.logger, "retrying artifact upload"; "artifactName" => &entry.name,
+                      "attemptNumber" => attempt, "error" => &entry.error);
+                let archive = match self.copy_out(container, &entry.path).await {
+                    Ok(archive) => archive,
+                    Err(e) => {
+                        again.push((
+                            RetryEntry {
+                                error: e.to_string(),
+                                ..entry
+                            },
+                            expires,
+                        ));
+                        continue;
+                    }
+                };
+                let upload = UploadFromArchive {
+                    name: entry.name.clone(),
+                    kind: ArtifactKind::File,
+                    path: entry.path.clone(),
+                    expires,
+                    archive,
+                };
+                match self.ports.artifacts.from_archive.send(upload).await {
+                    Ok(report) => {
+                        ok &= self.take_report(&report).await?;
+                        again.extend(report.retry.into_iter().map(|r| (r, expires)));
+                    }
+                    Err(e) => again.push((
+                        RetryEntry {
+                            error: e.to_string(),
+                            ..entry
+                        },
+                        expires,
+                    )),
+                }
+            }
+            retry = again;
+        }
+        for (entry, _) in retry {
+            ok = false;
+            error!(self.logger, "artifact upload failed"; "artifactName" => &entry.name, "error" => &entry.error);
+            self.write(fmt_error_log(&format!(
+                "Error uploading \"{}\" artifact after {ARTIFACT_ATTEMPTS} attempts. {}",
+                entry.name, entry.error
+            )))
+            .await?;
+        }
         Ok(ok)
+    }
+
+    async fn copy_out(&self, container: &str, path: &str) -> Result<ByteStream, DockerError> {
+        let request = CopyFromContainer {
+            container: container.to_string(),
+            path: path.to_string(),
+        };
+        call(&self.ports.docker.copy_out, request).await
+    }
+
+    /// Write a report's lines to the log; false when an upload failed for good.
+    async fn take_report(&self, report: &ArtifactReport) -> Result<bool, LogError> {
+        for line in &report.log {
+            self.write(line.clone()).await?;
+        }
+        Ok(report.failures.is_empty())
     }
 
     /// The part of a run that always happens: footer, container removal, log upload, outcome.
@@ -853,6 +944,7 @@ impl Run {
                         content_type: "text/plain; charset=utf-8".into(),
                         content_encoding: self.config.gzip_logs.then(|| "gzip".into()),
                         expires,
+                        size: None,
                     },
                     path: path.clone(),
                     gzip: self.config.gzip_logs,
@@ -865,14 +957,34 @@ impl Run {
                         content_type: "text/plain; charset=utf-8".into(),
                         content_encoding: Some("gzip".into()),
                         expires,
+                        size: None,
                     },
                     path: path.clone(),
                     gzip: true,
                 });
             }
+            let live_name = self
+                .payload
+                .as_ref()
+                .map_or(crate::payload::DEFAULT_LIVE_LOG_NAME, Payload::live_log_name)
+                .to_string();
+            let backing_name = uploads.first().map(|u| u.meta.name.clone());
             for upload in uploads {
                 let name = upload.meta.name.clone();
                 match self.ports.artifacts.file.send(upload).await {
+                    Ok(Ok(_)) if self.live_log_created && Some(&name) == backing_name.as_ref() => {
+                        info!(self.logger, "log uploaded"; "artifact" => &name);
+                        // The live log's reference now points at the finished log.
+                        let link = CreateLink {
+                            name: live_name.clone(),
+                            artifact: name.clone(),
+                        };
+                        match self.ports.artifacts.link.send(link).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => error!(self.logger, "live log link failed"; "error" => %e),
+                            Err(e) => error!(self.logger, "live log link failed"; "error" => %e),
+                        }
+                    }
                     Ok(Ok(_)) => info!(self.logger, "log uploaded"; "artifact" => &name),
                     Ok(Err(e)) => {
                         error!(self.logger, "log upload failed"; "artifact" => &name, "error" => %e)

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::artifacts::MemoryArtifactSink;
 use crate::docker::*;
 use crate::log_stream::{LogSink, MemorySink};
+use crate::queue::QueueLink;
 use crate::supervisor::{TaskResources, TaskResourcesFactory};
 use crate::task::{TaskSpec, WorkerIdentity};
 use crate::task_actor::TaskConfig;
@@ -324,7 +325,7 @@ impl MemoryFactory {
 }
 
 impl TaskResourcesFactory for MemoryFactory {
-    fn create(&self, spec: &TaskSpec) -> std::io::Result<TaskResources> {
+    fn create(&self, spec: &TaskSpec, _: Option<&QueueLink>) -> std::io::Result<TaskResources> {
         let record = TaskRecord::default();
         self.records
             .lock()
@@ -334,6 +335,7 @@ impl TaskResourcesFactory for MemoryFactory {
             self.docker.clone(),
             vec![LogSink::optional("memory", record.log.clone())],
             Arc::new(record.artifacts.clone()),
+            None,
         )
     }
 }

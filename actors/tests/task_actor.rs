@@ -441,11 +441,15 @@ struct PerTaskFactory {
 }
 
 impl docker_worker_actors::supervisor::TaskResourcesFactory for PerTaskFactory {
-    fn create(&self, spec: &TaskSpec) -> std::io::Result<docker_worker_actors::supervisor::TaskResources> {
+    fn create(
+        &self,
+        spec: &TaskSpec,
+        queue: Option<&docker_worker_actors::queue::QueueLink>,
+    ) -> std::io::Result<docker_worker_actors::supervisor::TaskResources> {
         if spec.task_id == "panicky" {
-            self.inner_panicky.create(spec)
+            self.inner_panicky.create(spec, queue)
         } else {
-            self.inner_healthy.create(spec)
+            self.inner_healthy.create(spec, queue)
         }
     }
 }

@@ -1,225 +1,19 @@
 //! `docker-worker start` end to end: the worker binary claims tasks from the queue double and runs them
 //! on the real Docker engine. These tests need Docker and fail without it; run `integration/setup.sh`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::{Duration, Instant};
 
+use docker_worker_integration::daemon::*;
 use docker_worker_integration::queue_double::{Options, QueueDouble};
 use docker_worker_integration::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_docker-worker");
-const TASK_QUEUE: &str = "docker-worker-test/e2e";
-const WORKER_GROUP: &str = "e2e-group";
-
-/// A running daemon whose JSON events are collected as they come.
-struct Daemon {
-    child: Child,
-    events: Arc<Mutex<Vec<Value>>>,
-    arrived: mpsc::Receiver<()>,
-    _work_dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(double: &QueueDouble, overrides: &[&str]) -> Daemon {
-        require_docker();
-        let worker_id = test_task_id("w");
-        let (client_id, token) = (format!("worker/{worker_id}"), "worker-secret-token".to_string());
-        double.add_client(
-            &client_id,
-            &token,
-            vec![
-                format!("queue:claim-work:{TASK_QUEUE}"),
-                format!("queue:worker-id:{WORKER_GROUP}/{worker_id}"),
-            ],
-        );
-        let work_dir = tempfile::tempdir().expect("work dir");
-        let mut cmd = Command::new(BIN);
-        cmd.args(["start", "--profile", "test"]);
-        let settings = [
-            format!("worker.root_url={}", double.root_url()),
-            format!("queue.client_id={client_id}"),
-            format!("queue.access_token={token}"),
-            format!("queue.task_queue_id={TASK_QUEUE}"),
-            format!("worker.worker_group={WORKER_GROUP}"),
-            format!("worker.worker_id={worker_id}"),
-            format!("worker.work_dir={}", work_dir.path().display()),
-            "queue.cancel_poll_seconds=1".to_string(),
-            "queue.claim_min_interval_ms=100".to_string(),
-            "queue.retry_initial_delay_ms=100".to_string(),
-        ];
-        for s in settings
-            .iter()
-            .map(String::as_str)
-            .chain(overrides.iter().copied())
-        {
-            cmd.args(["--set", s]);
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect("docker-worker start runs");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let (tx, arrived) = mpsc::channel();
-        {
-            let events = events.clone();
-            thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                        events.lock().unwrap().push(event);
-                        let _ = tx.send(());
-                    } else {
-                        eprintln!("worker: {line}");
-                    }
-                }
-            });
-        }
-        let mut daemon = Daemon {
-            child,
-            events,
-            arrived,
-            _work_dir: work_dir,
-        };
-        daemon.wait_for_event("start", |_| true, Duration::from_secs(30));
-        daemon
-    }
-
-    /// Wait until an event of this type that satisfies `pred` has been logged.
-    fn wait_for_event(&mut self, kind: &str, pred: impl Fn(&Value) -> bool, deadline: Duration) -> Value {
-        let end = Instant::now() + deadline;
-        loop {
-            if let Some(found) = self
-                .events
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|e| e["type"] == kind && pred(e))
-            {
-                return found.clone();
-            }
-            let left = end.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                panic!(
-                    "no {kind:?} event within {deadline:?}; events: {:#?}",
-                    self.events.lock().unwrap()
-                );
-            }
-            let _ = self.arrived.recv_timeout(left.min(Duration::from_millis(200)));
-        }
-    }
-
-    fn count(&self, kind: &str) -> usize {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e["type"] == kind)
-            .count()
-    }
-
-    fn events_of(&self, kind: &str) -> Vec<Value> {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e["type"] == kind)
-            .cloned()
-            .collect()
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-    }
-
-    /// Wait for the process to exit, failing after `deadline`.
-    fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
-        let end = Instant::now() + deadline;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < end,
-                "the worker did not exit within {deadline:?}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.signal("TERM");
-            let end = Instant::now() + Duration::from_secs(30);
-            while self.child.try_wait().ok().flatten().is_none() && Instant::now() < end {
-                thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn create(double: &QueueDouble, payload: Value) -> String {
-    create_with(double, payload, |_| {})
-}
-
-fn create_with(double: &QueueDouble, payload: Value, edit: impl FnOnce(&mut Value)) -> String {
-    let task_id = QueueDouble::new_task_id();
-    let mut definition = QueueDouble::task_definition(TASK_QUEUE, payload);
-    edit(&mut definition);
-    double.create_task(&task_id, definition);
-    task_id
-}
-
-fn run_state(status: &Value, run: usize) -> (String, String) {
-    let r = &status["runs"][run];
-    (
-        r["state"].as_str().unwrap_or_default().to_string(),
-        r["reasonResolved"].as_str().unwrap_or_default().to_string(),
-    )
-}
-
-fn wait_resolved(double: &QueueDouble, task_id: &str, run: usize) -> Value {
-    double.wait_for(
-        task_id,
-        |s| {
-            let state = s["runs"][run]["state"].as_str().unwrap_or("");
-            !state.is_empty() && state != "pending" && state != "running"
-        },
-        Duration::from_secs(120),
-    )
-}
-
-fn assert_no_containers(task_id: &str) {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = containers_of_task(task_id);
-        if left.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "containers left behind for {task_id}: {left:?}"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn completed_failed_and_malformed_payload() {
     let double = QueueDouble::start(Options::default());
-    let _daemon = Daemon::start(&double, &[]);
+    let _daemon = Daemon::start(BIN, &double, &[]);
     let ok = create(&double, sh_payload("echo hello", 60));
     let bad = create(&double, sh_payload("exit 3", 60));
     let malformed = create(&double, json!({"image": fixture_image(), "maxRunTime": "soon"}));
@@ -249,7 +43,7 @@ fn completed_failed_and_malformed_payload() {
 #[test]
 fn max_run_time_fails_the_task() {
     let double = QueueDouble::start(Options::default());
-    let _daemon = Daemon::start(&double, &[]);
+    let _daemon = Daemon::start(BIN, &double, &[]);
     let task = create(&double, sh_payload("sleep 30", 2));
     assert_eq!(
         run_state(&wait_resolved(&double, &task, 0), 0),
@@ -261,7 +55,7 @@ fn max_run_time_fails_the_task() {
 #[test]
 fn a_retry_exit_status_gives_a_new_pending_run() {
     let double = QueueDouble::start(Options::default());
-    let mut daemon = Daemon::start(&double, &[]);
+    let mut daemon = Daemon::start(BIN, &double, &[]);
     let mut payload = sh_payload("exit 36", 60);
     payload["onExitStatus"] = json!({"retry": [36]});
     let task = create_with(&double, payload, |d| d["retries"] = json!(1));
@@ -289,7 +83,7 @@ fn a_retry_exit_status_gives_a_new_pending_run() {
 #[test]
 fn a_cancel_mid_run_kills_the_container_and_reports_nothing() {
     let double = QueueDouble::start(Options::default());
-    let mut daemon = Daemon::start(&double, &[]);
+    let mut daemon = Daemon::start(BIN, &double, &[]);
     let task = create(&double, sh_payload("echo started; sleep 120", 180));
     daemon.wait_for_event(
         "task run",
@@ -333,7 +127,7 @@ fn a_deadline_passing_mid_run_stops_the_task() {
         deadline_delay: Duration::from_secs(1),
         ..Options::default()
     });
-    let mut daemon = Daemon::start(&double, &[]);
+    let mut daemon = Daemon::start(BIN, &double, &[]);
     let task = create_with(&double, sh_payload("sleep 120", 180), |d| {
         d["deadline"] = json!(chrono_now_plus(Duration::from_secs(6)));
     });
@@ -359,7 +153,7 @@ fn reclaims_keep_a_task_alive_past_its_first_claim() {
         claim_timeout: Duration::from_secs(3),
         ..Options::default()
     });
-    let daemon = Daemon::start(&double, &[]);
+    let daemon = Daemon::start(BIN, &double, &[]);
     let task = create(&double, sh_payload("sleep 8; echo done", 60));
     let status = wait_resolved(&double, &task, 0);
     assert_eq!(run_state(&status, 0), ("completed".into(), "completed".into()));
@@ -379,7 +173,7 @@ fn reclaims_keep_a_task_alive_past_its_first_claim() {
 #[test]
 fn sigterm_resolves_running_tasks_as_worker_shutdown() {
     let double = QueueDouble::start(Options::default());
-    let mut daemon = Daemon::start(&double, &[]);
+    let mut daemon = Daemon::start(BIN, &double, &[]);
     let task = create(&double, sh_payload("sleep 60", 120));
     daemon.wait_for_event(
         "task run",
@@ -402,7 +196,7 @@ fn sigterm_resolves_running_tasks_as_worker_shutdown() {
 #[test]
 fn drain_finishes_running_tasks_and_claims_no_more() {
     let double = QueueDouble::start(Options::default());
-    let mut daemon = Daemon::start(&double, &[]);
+    let mut daemon = Daemon::start(BIN, &double, &[]);
     let task = create(&double, sh_payload("sleep 3; echo done", 60));
     daemon.wait_for_event(
         "task run",
@@ -423,7 +217,7 @@ fn drain_finishes_running_tasks_and_claims_no_more() {
 #[test]
 fn capacity_two_runs_at_most_two_at_once() {
     let double = QueueDouble::start(Options::default());
-    let mut daemon = Daemon::start(&double, &["worker.capacity=2"]);
+    let mut daemon = Daemon::start(BIN, &double, &["worker.capacity=2"]);
     let tasks: Vec<String> = (0..4)
         .map(|_| create(&double, sh_payload("sleep 2", 60)))
         .collect();
@@ -447,7 +241,7 @@ fn capacity_two_runs_at_most_two_at_once() {
 #[test]
 fn report_completed_is_retried_through_500s() {
     let double = QueueDouble::start(Options::default());
-    let _daemon = Daemon::start(&double, &[]);
+    let _daemon = Daemon::start(BIN, &double, &[]);
     double.fail_next("reportCompleted", 3);
     let task = create(&double, sh_payload("true", 60));
     assert_eq!(
@@ -464,7 +258,7 @@ fn a_lost_claim_kills_the_container() {
         ..Options::default()
     });
     // Only the reclaim may tell: no status polls during the test.
-    let mut daemon = Daemon::start(&double, &["queue.cancel_poll_seconds=600"]);
+    let mut daemon = Daemon::start(BIN, &double, &["queue.cancel_poll_seconds=600"]);
     // The first reclaim arrives after the claim ran out, so the queue answers 409.
     double.delay_next("reclaimTask", 1, Duration::from_secs(4));
     let task = create_with(&double, sh_payload("sleep 120", 180), |d| d["retries"] = json!(0));
@@ -492,7 +286,7 @@ fn a_lost_claim_kills_the_container() {
 #[test]
 fn time_from_create_task_to_container_start() {
     let double = QueueDouble::start(Options::default());
-    let mut daemon = Daemon::start(&double, &[]);
+    let mut daemon = Daemon::start(BIN, &double, &[]);
     let created = Instant::now();
     let task = create(&double, sh_payload("true", 60));
     daemon.wait_for_event(
@@ -513,7 +307,7 @@ fn chrono_now_plus(d: Duration) -> String {
 #[test]
 fn idle_shutdown_exits_after_the_idle_time_and_a_task_postpones_it() {
     let double = QueueDouble::start(Options::default());
-    let mut daemon = Daemon::start(&double, &["shutdown.after_idle_seconds=3"]);
+    let mut daemon = Daemon::start(BIN, &double, &["shutdown.after_idle_seconds=3"]);
     let pending = daemon.wait_for_event("pending shutdown", |_| true, Duration::from_secs(10));
     assert_eq!(pending["time"], 3);
     let task = create(&double, sh_payload("sleep 1", 60));

@@ -524,6 +524,100 @@ impl QueueClient {
         }
     }
 
+    /// `<rootUrl>/api/<service>/v1/<route>`, for the object service beside the Queue.
+    fn service_url(&self, service: &str, route: &str) -> Result<Url, QueueError> {
+        let root = self.base.trim_end_matches("api/queue/v1/");
+        Url::parse(&format!("{root}api/{service}/v1/{route}")).map_err(|e| QueueError::Rejected {
+            status: 0,
+            message: format!("cannot build the URL for {service} {route}: {e}"),
+        })
+    }
+
+    /// A JSON call signed with `credentials`, retried on transient errors; the answer's bytes.
+    async fn json_call(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        url: Url,
+        body: &serde_json::Value,
+        credentials: &Credentials,
+    ) -> Result<Bytes, QueueError> {
+        let call = Call {
+            endpoint,
+            method,
+            url,
+            body: Some(serde_json::to_vec(body).expect("JSON values serialize")),
+            credentials: Some(credentials),
+            timeout: self.timeouts.call,
+            retry: true,
+        };
+        self.execute(call).await.map_err(|f| f.error)
+    }
+
+    /// `createArtifact`: the answer (a `putUrl` for s3, upload credentials for object, `{}` otherwise).
+    pub async fn create_artifact(
+        &self,
+        task_id: &str,
+        run_id: u32,
+        name: &str,
+        request: &serde_json::Value,
+        credentials: &Credentials,
+    ) -> Result<serde_json::Value, QueueError> {
+        let url = self.task_url(task_id, run_id, &format!("artifacts/{}", encode_segment(name)))?;
+        let answer = self
+            .json_call("createArtifact", Method::POST, url, request, credentials)
+            .await?;
+        serde_json::from_slice(&answer).map_err(|e| self.unreadable("createArtifact", e.to_string()))
+    }
+
+    /// `finishArtifact` for an object artifact whose upload is finished.
+    pub async fn finish_artifact(
+        &self,
+        task_id: &str,
+        run_id: u32,
+        name: &str,
+        upload_id: &str,
+        credentials: &Credentials,
+    ) -> Result<(), QueueError> {
+        let url = self.task_url(task_id, run_id, &format!("artifacts/{}", encode_segment(name)))?;
+        let body = serde_json::json!({ "uploadId": upload_id });
+        self.json_call("finishArtifact", Method::PUT, url, &body, credentials)
+            .await
+            .map(drop)
+    }
+
+    /// The object service's `createUpload`, signed with the artifact's upload credentials.
+    pub async fn create_upload(
+        &self,
+        object: &str,
+        request: &serde_json::Value,
+        credentials: &Credentials,
+    ) -> Result<serde_json::Value, QueueError> {
+        let url = self.service_url("object", &format!("upload/{}", encode_segment(object)))?;
+        let answer = self
+            .json_call("createUpload", Method::PUT, url, request, credentials)
+            .await?;
+        serde_json::from_slice(&answer).map_err(|e| self.unreadable("createUpload", e.to_string()))
+    }
+
+    /// The object service's `finishUpload`.
+    pub async fn finish_upload(
+        &self,
+        object: &str,
+        request: &serde_json::Value,
+        credentials: &Credentials,
+    ) -> Result<(), QueueError> {
+        let url = self.service_url("object", &format!("finish-upload/{}", encode_segment(object)))?;
+        self.json_call("finishUpload", Method::POST, url, request, credentials)
+            .await
+            .map(drop)
+    }
+
+    /// The HTTP client, for uploads to the URLs the Queue hands out.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     fn unreadable(&self, endpoint: &'static str, e: String) -> QueueError {
         error!(self.log, "queue answer unreadable"; "endpoint" => endpoint, "error" => &e);
         QueueError::Unavailable(format!("{endpoint}: the queue's answer is unreadable: {e}"))

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use crate::lifecycle::Resolution;
 
 pub mod actor;
+pub mod artifacts;
 pub mod client;
 pub mod hawk;
 
@@ -234,8 +235,10 @@ where
 pub struct QueueLink {
     /// The Queue.
     pub port: QueuePort,
-    /// The claim's temporary credentials.
+    /// The claim's temporary credentials; the newest ones after each reclaim.
     pub credentials: Credentials,
+    /// The same credentials, shared with whoever else calls the Queue for this run (artifact uploads).
+    pub shared_credentials: artifacts::SharedCredentials,
     /// The claim lasts until then unless reclaimed.
     pub taken_until: DateTime<Utc>,
 }
