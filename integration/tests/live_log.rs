@@ -13,7 +13,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_docker-worker");
 
 fn gunzip(bytes: &[u8]) -> String {
     let mut out = String::new();
-    flate2::read::GzDecoder::new(bytes).read_to_string(&mut out).expect("a gzip stream");
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_string(&mut out)
+        .expect("a gzip stream");
     out
 }
 
@@ -26,24 +28,36 @@ fn live_url(double: &QueueDouble, task: &str, name: &str) -> String {
                 return a["url"].as_str().expect("a reference url").to_string();
             }
         }
-        assert!(std::time::Instant::now() < end, "no live log reference {name} within 60 s");
+        assert!(
+            std::time::Instant::now() < end,
+            "no live log reference {name} within 60 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
 }
 
 #[test]
 fn the_live_log_is_readable_while_the_task_runs_and_equals_the_backing_log() {
     let double = QueueDouble::start(Options::default());
     let _daemon = Daemon::start(BIN, &double, &[]);
-    let script = "echo \"first command!\"; sleep 3; for i in $(seq 1 1000); do echo \"Hello Number $i\"; done";
+    let script =
+        "echo \"first command!\"; sleep 3; for i in $(seq 1 1000); do echo \"Hello Number $i\"; done";
     let task = create(&double, sh_payload(script, 60));
     let url = live_url(&double, &task, "public/logs/live.log");
     let token = url.rsplit('/').next().unwrap();
-    assert!(token.len() >= 22 && token.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    assert!(
+        token.len() >= 22
+            && token
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    );
     let response = client().get(&url).send().expect("the live log answers");
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/plain; charset=utf-8");
@@ -52,7 +66,10 @@ fn the_live_log_is_readable_while_the_task_runs_and_equals_the_backing_log() {
     let mut seen = String::new();
     loop {
         let mut line = String::new();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "the log ended before the first command's line");
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the log ended before the first command's line"
+        );
         seen.push_str(&line);
         if line.contains("first command!") {
             break;
@@ -64,7 +81,11 @@ fn the_live_log_is_readable_while_the_task_runs_and_equals_the_backing_log() {
     let want: String = (1..=1000).map(|i| format!("Hello Number {i}\r\n")).collect();
     assert!(seen.contains(&format!("first command!\r\n{want}")), "{seen}");
     wait_resolved(&double, &task, 0);
-    let backing = gunzip(&double.artifact_bytes(&task, 0, "public/logs/live_backing.log").unwrap());
+    let backing = gunzip(
+        &double
+            .artifact_bytes(&task, 0, "public/logs/live_backing.log")
+            .unwrap(),
+    );
     assert_eq!(backing, seen, "the backing log equals what the reader saw");
     let live = double.artifact(&task, 0, "public/logs/live.log").unwrap();
     assert_eq!(live["storageType"], "link");
@@ -76,7 +97,13 @@ fn the_live_log_is_readable_while_the_task_runs_and_equals_the_backing_log() {
 fn two_readers_a_resumed_reader_and_a_wrong_token() {
     let double = QueueDouble::start(Options::default());
     let _daemon = Daemon::start(BIN, &double, &[]);
-    let task = create(&double, sh_payload("for i in $(seq 1 300); do echo line $i; done; sleep 2; echo end", 60));
+    let task = create(
+        &double,
+        sh_payload(
+            "for i in $(seq 1 300); do echo line $i; done; sleep 2; echo end",
+            60,
+        ),
+    );
     let url = live_url(&double, &task, "public/logs/live.log");
     let read = |range: Option<u64>| {
         let mut request = client().get(&url);
@@ -116,14 +143,34 @@ fn custom_log_names_bulk_log_and_no_live_log() {
     let quiet = create(&double, quiet);
     wait_resolved(&double, &custom, 0);
     wait_resolved(&double, &quiet, 0);
-    let live = double.artifact(&custom, 0, "private/docker-worker-tests/logs/live.log").expect("custom live log");
+    let live = double
+        .artifact(&custom, 0, "private/docker-worker-tests/logs/live.log")
+        .expect("custom live log");
     assert_eq!(live["storageType"], "link");
-    assert_eq!(live["artifact"], "private/docker-worker-tests/logs/live_backing.log");
-    let backing = gunzip(&double.artifact_bytes(&custom, 0, "private/docker-worker-tests/logs/live_backing.log").unwrap());
+    assert_eq!(
+        live["artifact"],
+        "private/docker-worker-tests/logs/live_backing.log"
+    );
+    let backing = gunzip(
+        &double
+            .artifact_bytes(&custom, 0, "private/docker-worker-tests/logs/live_backing.log")
+            .unwrap(),
+    );
     assert!(backing.contains("custom\r\n"));
     assert!(double.artifact(&custom, 0, "public/logs/live.log").is_none());
-    let bulk = gunzip(&double.artifact_bytes(&custom, 0, "public/logs/terminal_bulk.log.gz").unwrap());
+    let bulk = gunzip(
+        &double
+            .artifact_bytes(&custom, 0, "public/logs/terminal_bulk.log.gz")
+            .unwrap(),
+    );
     assert_eq!(bulk, backing);
-    let names: Vec<String> = double.artifacts(&quiet, 0).iter().map(|a| a["name"].to_string()).collect();
-    assert!(names.is_empty(), "localLiveLog: false keeps no log artifact: {names:?}");
+    let names: Vec<String> = double
+        .artifacts(&quiet, 0)
+        .iter()
+        .map(|a| a["name"].to_string())
+        .collect();
+    assert!(
+        names.is_empty(),
+        "localLiveLog: false keeps no log artifact: {names:?}"
+    );
 }
