@@ -377,14 +377,18 @@ impl Handler<RecordMissing> for ArtifactUploadActor {
     }
 }
 
-impl Handler<UploadFile> for ArtifactUploadActor {
-    type Result = AtomicResponse<Self, Result<StoredArtifact, SinkError>>;
+type StoreOne = AtomicResponse<ArtifactUploadActor, Result<StoredArtifact, SinkError>>;
 
-    fn handle(&mut self, msg: UploadFile, _: &mut Context<Self>) -> Self::Result {
+impl ArtifactUploadActor {
+    /// Store one artifact on a blocking thread and record it; it replaces an earlier record of the same
+    /// name (the live log's link replaces its reference).
+    fn store_one<F>(&mut self, name: String, work: F) -> StoreOne
+    where
+        F: FnOnce(&dyn ArtifactSink) -> Result<StoredArtifact, SinkError> + Send + 'static,
+    {
         let sink = self.sink.clone();
-        let work = async move {
-            let name = msg.meta.name.clone();
-            tokio::task::spawn_blocking(move || upload_file(sink.as_ref(), &msg))
+        let task = async move {
+            tokio::task::spawn_blocking(move || work(sink.as_ref()))
                 .await
                 .unwrap_or_else(|e| {
                     Err(SinkError::Io {
@@ -393,77 +397,49 @@ impl Handler<UploadFile> for ArtifactUploadActor {
                     })
                 })
         };
-        AtomicResponse::new(Box::pin(work.into_actor(self).map(|r, act, _| {
+        AtomicResponse::new(Box::pin(task.into_actor(self).map(|r, act, _| {
             if let Ok(a) = &r {
+                act.records.retain(|x| x.name() != a.name());
                 act.records.push(a.clone());
             }
             r
         })))
+    }
+}
+
+impl Handler<UploadFile> for ArtifactUploadActor {
+    type Result = StoreOne;
+
+    fn handle(&mut self, msg: UploadFile, _: &mut Context<Self>) -> StoreOne {
+        self.store_one(msg.meta.name.clone(), move |sink| upload_file(sink, &msg))
     }
 }
 
 impl Handler<CreateReference> for ArtifactUploadActor {
-    type Result = AtomicResponse<Self, Result<StoredArtifact, SinkError>>;
+    type Result = StoreOne;
 
-    fn handle(&mut self, msg: CreateReference, _: &mut Context<Self>) -> Self::Result {
-        let sink = self.sink.clone();
-        let work = async move {
-            let name = msg.name.clone();
-            tokio::task::spawn_blocking(move || {
-                sink.put_reference(&msg.name, &msg.url, &msg.content_type)
-                    .map(|()| StoredArtifact::Reference {
-                        name: msg.name,
-                        url: msg.url,
-                    })
-            })
-            .await
-            .unwrap_or_else(|e| {
-                Err(SinkError::Io {
-                    name,
-                    error: e.to_string(),
+    fn handle(&mut self, msg: CreateReference, _: &mut Context<Self>) -> StoreOne {
+        self.store_one(msg.name.clone(), move |sink| {
+            sink.put_reference(&msg.name, &msg.url, &msg.content_type)
+                .map(|()| StoredArtifact::Reference {
+                    name: msg.name,
+                    url: msg.url,
                 })
-            })
-        };
-        AtomicResponse::new(Box::pin(work.into_actor(self).map(|r, act, _| {
-            if let Ok(a) = &r {
-                act.records.retain(|x| x.name() != a.name());
-                act.records.push(a.clone());
-            }
-            r
-        })))
+        })
     }
 }
 
 impl Handler<CreateLink> for ArtifactUploadActor {
-    type Result = AtomicResponse<Self, Result<StoredArtifact, SinkError>>;
+    type Result = StoreOne;
 
-    fn handle(&mut self, msg: CreateLink, _: &mut Context<Self>) -> Self::Result {
-        let sink = self.sink.clone();
-        let work = async move {
-            let name = msg.name.clone();
-            tokio::task::spawn_blocking(move || {
-                sink.put_link(&msg.name, &msg.artifact)
-                    .map(|()| StoredArtifact::Link {
-                        name: msg.name,
-                        artifact: msg.artifact,
-                    })
-            })
-            .await
-            .unwrap_or_else(|e| {
-                Err(SinkError::Io {
-                    name,
-                    error: e.to_string(),
+    fn handle(&mut self, msg: CreateLink, _: &mut Context<Self>) -> StoreOne {
+        self.store_one(msg.name.clone(), move |sink| {
+            sink.put_link(&msg.name, &msg.artifact)
+                .map(|()| StoredArtifact::Link {
+                    name: msg.name,
+                    artifact: msg.artifact,
                 })
-            })
-        };
-        AtomicResponse::new(Box::pin(work.into_actor(self).map(|r, act, _| {
-            if let Ok(a) = &r {
-                // A link replaces the reference of the same name.
-                act.records.retain(|x| x.name() != a.name());
-                act.records.push(a.clone());
-            }
-            r
-        })))
+        })
     }
 }
 
