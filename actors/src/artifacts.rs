@@ -154,8 +154,14 @@ pub enum SinkError {
 pub trait ArtifactSink: Send + Sync + 'static {
     /// Store one artifact from `body`; returns the bytes stored.
     fn put(&self, meta: &ArtifactMeta, body: &mut dyn Read) -> Result<u64, SinkError>;
-    /// Record an error artifact.
-    fn put_error(&self, name: &str, reason: ErrorReason, message: &str) -> Result<(), SinkError>;
+    /// Record an error artifact, expiring when the payload's artifact would have.
+    fn put_error(
+        &self,
+        name: &str,
+        reason: ErrorReason,
+        message: &str,
+        expires: Option<DateTime<Utc>>,
+    ) -> Result<(), SinkError>;
     /// Record a reference to a URL; a sink without URLs only lists it.
     fn put_reference(&self, _name: &str, _url: &str, _content_type: &str) -> Result<(), SinkError> {
         Ok(())
@@ -532,7 +538,7 @@ fn store_error(
     message: &str,
     expires: Option<DateTime<Utc>>,
 ) -> Result<StoredArtifact, SinkError> {
-    sink.put_error(name, reason, message)?;
+    sink.put_error(name, reason, message, expires)?;
     Ok(StoredArtifact::Error {
         name: name.into(),
         reason,
@@ -773,7 +779,13 @@ impl ArtifactSink for LocalDirSink {
         self.write(&meta.name, body)
     }
 
-    fn put_error(&self, name: &str, _: ErrorReason, _: &str) -> Result<(), SinkError> {
+    fn put_error(
+        &self,
+        name: &str,
+        _: ErrorReason,
+        _: &str,
+        _: Option<DateTime<Utc>>,
+    ) -> Result<(), SinkError> {
         // Error artifacts exist only in the summary, but their names must still be storable names.
         self.path_of(name).map(drop)
     }
@@ -812,7 +824,13 @@ impl ArtifactSink for MemoryArtifactSink {
         Ok(size)
     }
 
-    fn put_error(&self, name: &str, reason: ErrorReason, message: &str) -> Result<(), SinkError> {
+    fn put_error(
+        &self,
+        name: &str,
+        reason: ErrorReason,
+        message: &str,
+        _: Option<DateTime<Utc>>,
+    ) -> Result<(), SinkError> {
         self.errors
             .lock()
             .expect("sink lock")

@@ -27,7 +27,7 @@ fn artifacts_payload() -> Value {
         "public/test": {"type": "file", "path": "/artifacts/binary"},
         "public/dir": {"type": "directory", "path": "/xfoo/"},
         "public/etc": {"type": "file", "path": "/etc/"},
-        "public/my-missing.txt": {"type": "file", "path": "/this-file-is-missing.txt"},
+        "public/my-missing.txt": {"type": "file", "path": "/this-file-is-missing.txt", "expires": ARTIFACT_EXPIRES},
     });
     payload
 }
@@ -87,6 +87,10 @@ fn check_artifacts(storage: &str) {
     // Errors: missing and wrong type.
     let missing = info("public/my-missing.txt");
     assert_eq!(missing["storageType"], "error");
+    assert_eq!(
+        missing["expires"], ARTIFACT_EXPIRES,
+        "an error artifact keeps the payload's expiry"
+    );
     assert_eq!(missing["reason"], "file-missing-on-worker");
     let etc = info("public/etc");
     assert_eq!(etc["storageType"], "error");

@@ -312,12 +312,18 @@ impl ArtifactSink for QueueArtifactSink {
         }
     }
 
-    fn put_error(&self, name: &str, reason: ErrorReason, message: &str) -> Result<(), SinkError> {
+    fn put_error(
+        &self,
+        name: &str,
+        reason: ErrorReason,
+        message: &str,
+        expires: Option<DateTime<Utc>>,
+    ) -> Result<(), SinkError> {
         // The Queue keeps at most 4096 characters of the message.
         let message: String = message.chars().take(4096).collect();
         self.create(
             name,
-            json!({"storageType": "error", "expires": self.expires(None), "reason": reason.as_str(),
+            json!({"storageType": "error", "expires": self.expires(expires), "reason": reason.as_str(),
                    "message": message}),
         )
         .map(drop)
