@@ -12,7 +12,7 @@
 #      missing (apt-get update runs only when something must be installed);
 #   2. makes sure a Docker engine answers on /var/run/docker.sock, starting
 #      dockerd in the background (log: $DOCKERD_LOG) after clearing what a
-#      dockerd/containerd killed at the end of an earlier session leaves behind;
+#      dockerd/containerd killed uncleanly earlier leaves behind;
 #   3. builds the fixture image docker-worker-test/busybox:latest FROM scratch
 #      out of Debian's static busybox (no registry is reachable here), unless
 #      an up-to-date one exists, and checks that it runs.
@@ -194,7 +194,7 @@ ensure_packages() {
 # ---------------------------------------------------------------------------
 
 # dockerd refuses to start while /var/run/docker.pid names a live process, and a
-# dockerd killed at the end of a session leaves that file behind (sometimes
+# dockerd killed uncleanly leaves that file behind (sometimes
 # while the process is still exiting). Returns 0 if the old dockerd turned out
 # to answer after all, 1 if the way is clear for a new one.
 clear_stale_dockerd() {
@@ -272,7 +272,7 @@ start_dockerd() {
     fi
 
     mkdir -p -- "$(dirname -- "$DOCKERD_LOG")"
-    # keep the log from growing without bound across many sessions
+    # keep the log from growing without bound across many restarts
     if [[ -f "$DOCKERD_LOG" ]] && (($(stat -c %s "$DOCKERD_LOG") > 16 * 1024 * 1024)); then
         mv -f -- "$DOCKERD_LOG" "$DOCKERD_LOG.1"
     fi
