@@ -64,6 +64,22 @@ async fn until(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) 
     }
 }
 
+/// Wait until the fake Docker has seen this call.
+async fn docker_saw(w: &Worker, call: &str) {
+    until(&format!("a {call:?} call"), Duration::from_secs(10), || {
+        w.docker_calls.lock().unwrap().iter().any(|c| c == call)
+    })
+    .await;
+}
+
+/// Wait until the container has been removed: the last thing a task does with Docker.
+async fn docker_removed(w: &Worker) {
+    until("the removal", Duration::from_secs(10), || {
+        w.docker_calls.lock().unwrap().last().map(String::as_str) == Some("remove")
+    })
+    .await;
+}
+
 /// Wait until the Supervisor runs nothing: a TaskActor reports before it ends, so after this any
 /// report it was going to make has been made.
 async fn task_gone(w: &Worker) {
@@ -165,14 +181,8 @@ async fn a_409_on_reclaim_kills_the_container_and_reports_nothing() {
         ..Default::default()
     };
     let w = worker(1, script, queue);
-    until("the kill", Duration::from_secs(10), || {
-        w.docker_calls.lock().unwrap().contains(&"kill".to_string())
-    })
-    .await;
-    until("the removal", Duration::from_secs(10), || {
-        w.docker_calls.lock().unwrap().last().map(String::as_str) == Some("remove")
-    })
-    .await;
+    docker_saw(&w, "kill").await;
+    docker_removed(&w).await;
     task_gone(&w).await;
     assert!(
         w.queue.resolve_calls("L", 0).is_empty(),
@@ -190,23 +200,14 @@ async fn a_cancel_is_noticed_between_reclaims() {
         ..Default::default()
     };
     let w = worker(1, script, queue);
-    until("the container", Duration::from_secs(10), || {
-        w.docker_calls.lock().unwrap().contains(&"wait".to_string())
-    })
-    .await;
+    docker_saw(&w, "wait").await;
     let canceled = Instant::now();
     w.queue.cancel("C", 0);
-    until("the kill", Duration::from_secs(10), || {
-        w.docker_calls.lock().unwrap().contains(&"kill".to_string())
-    })
-    .await;
+    docker_saw(&w, "kill").await;
     // The test config polls every 50 ms; the claim lasts 20 minutes, so no reclaim told us.
     assert!(canceled.elapsed() < Duration::from_secs(2));
     assert_eq!(w.queue.reclaims("C", 0), 0);
-    until("the removal", Duration::from_secs(10), || {
-        w.docker_calls.lock().unwrap().last().map(String::as_str) == Some("remove")
-    })
-    .await;
+    docker_removed(&w).await;
     task_gone(&w).await;
     assert!(w.queue.resolve_calls("C", 0).is_empty());
 }
@@ -221,10 +222,7 @@ async fn shutdown_reports_worker_shutdown_and_then_lets_the_worker_exit() {
         ..Default::default()
     };
     let w = worker(1, script, queue);
-    until("the container", Duration::from_secs(10), || {
-        w.docker_calls.lock().unwrap().contains(&"wait".to_string())
-    })
-    .await;
+    docker_saw(&w, "wait").await;
     w.supervisor.do_send(Shutdown(StopReason::WorkerShutdown));
     tokio::time::timeout(Duration::from_secs(10), w.exit)
         .await
@@ -246,10 +244,7 @@ async fn drain_lets_the_running_task_finish_and_claims_nothing_more() {
         ..Default::default()
     };
     let w = worker(1, script, queue);
-    until("the container", Duration::from_secs(10), || {
-        w.docker_calls.lock().unwrap().contains(&"wait".to_string())
-    })
-    .await;
+    docker_saw(&w, "wait").await;
     w.supervisor.do_send(Drain);
     let claims_at_drain = w.queue.claim_work_calls();
     w.queue.push_claim(fake_claim("late", 0, task("true")));

@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Barrier};
+use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -216,30 +216,7 @@ fn latency_round(double: &QueueDouble, tasks: &mut Vec<String>) -> (Latency, Lat
     tasks.push(task.clone());
     let url = live_url(double, &task);
     let container = running_container(&task);
-    let start = Arc::new(Barrier::new(2));
-    let (live, raw) = thread::scope(|s| {
-        let live = s.spawn(|| {
-            start.wait();
-            let response = client().get(&url).send().expect("the live log answers");
-            assert!(
-                response.status().is_success(),
-                "live log: HTTP {}",
-                response.status()
-            );
-            line_latencies(response)
-        });
-        let raw = s.spawn(|| {
-            start.wait();
-            let mut child = docker_logs(&container);
-            let out = line_latencies(child.stdout.take().expect("piped stdout"));
-            reap(child);
-            out
-        });
-        (
-            live.join().expect("live reader"),
-            raw.join().expect("docker logs reader"),
-        )
-    });
+    let (live, raw) = read_both(&url, &container, line_latencies);
     finish_task(double, &task);
     for (name, v) in [("live log", &live), ("docker logs", &raw)] {
         if v.len() != LATENCY_LINES {
@@ -250,6 +227,35 @@ fn latency_round(double: &QueueDouble, tasks: &mut Vec<String>) -> (Latency, Lat
         }
     }
     (summarize(live), summarize(raw))
+}
+
+/// Start a live log reader and a `docker logs -f` of the same container at the same moment, each reading
+/// with `read`; their results as (live log, docker logs).
+fn read_both<T: Send>(url: &str, container: &str, read: fn(Box<dyn Read + Send>) -> T) -> (T, T) {
+    let start = Barrier::new(2);
+    thread::scope(|s| {
+        let live = s.spawn(|| {
+            start.wait();
+            let response = client().get(url).send().expect("the live log answers");
+            assert!(
+                response.status().is_success(),
+                "live log: HTTP {}",
+                response.status()
+            );
+            read(Box::new(response))
+        });
+        let raw = s.spawn(|| {
+            start.wait();
+            let mut child = docker_logs(container);
+            let out = read(Box::new(child.stdout.take().expect("piped stdout")));
+            reap(child);
+            out
+        });
+        (
+            live.join().expect("live reader"),
+            raw.join().expect("docker logs reader"),
+        )
+    })
 }
 
 /// Read a stream to its end in large chunks; the seconds from the chunk holding the first payload bytes to
@@ -298,30 +304,7 @@ fn throughput_round(double: &QueueDouble, mb: u64, tasks: &mut Vec<String>) -> (
     tasks.push(task.clone());
     let url = live_url(double, &task);
     let container = running_container(&task);
-    let start = Arc::new(Barrier::new(2));
-    let ((live_s, live_n), (raw_s, raw_n)) = thread::scope(|s| {
-        let live = s.spawn(|| {
-            start.wait();
-            let response = client().get(&url).send().expect("the live log answers");
-            assert!(
-                response.status().is_success(),
-                "live log: HTTP {}",
-                response.status()
-            );
-            timed_read(response)
-        });
-        let raw = s.spawn(|| {
-            start.wait();
-            let mut child = docker_logs(&container);
-            let out = timed_read(child.stdout.take().expect("piped stdout"));
-            reap(child);
-            out
-        });
-        (
-            live.join().expect("live reader"),
-            raw.join().expect("docker logs reader"),
-        )
-    });
+    let ((live_s, live_n), (raw_s, raw_n)) = read_both(&url, &container, timed_read);
     finish_task(double, &task);
     for (name, n) in [("live log", live_n), ("docker logs", raw_n)] {
         if n < bytes {
