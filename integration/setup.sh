@@ -43,14 +43,13 @@ export NEEDRESTART_SUSPEND=1 # needrestart's apt hook: nothing to restart here
 # Debian packages
 # ---------------------------------------------------------------------------
 REQUIRED_PACKAGES=(
-    docker.io      # dockerd (+ containerd, runc) and /usr/bin/docker
-    busybox-static # the static /bin/busybox that the fixture image is made of
+    docker.io       # dockerd (+ containerd, runc) and /usr/bin/docker
+    busybox-static  # the static /bin/busybox that the fixture image is made of
+    docker-registry # the local registry test.sh starts for the image-pull tests
+    apache2-utils   # htpasswd -B: the registry's bcrypt password file
+    zstd            # zstd-compressed image and artifact fixtures
+    lz4             # lz4-compressed image and artifact fixtures
 )
-# Reserved for later issues: NOT installed yet. When a feature needs one, move
-# it up into REQUIRED_PACKAGES (and say which tests need it).
-#   docker-registry   # a local registry for image-pull tests
-#   zstd              # zstd-compressed image / artifact tests
-#   lz4               # lz4-compressed image / artifact tests
 
 # ---------------------------------------------------------------------------
 # Docker engine
