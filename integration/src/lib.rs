@@ -6,6 +6,7 @@
 
 pub mod daemon;
 pub mod queue_double;
+pub mod registry;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

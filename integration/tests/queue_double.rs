@@ -1,5 +1,6 @@
 //! The queue double against Taskcluster's api.json and schemas, over HTTP with Hawk signed here, and
-//! through the official Taskcluster Python client. No Docker needed.
+//! through the official Taskcluster Python client; no Docker needed for those. At the end, the registry
+//! helper against Docker and the registry `integration/test.sh` starts.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, Write};
@@ -14,6 +15,7 @@ use base64::Engine;
 use docker_worker_integration::queue_double::{
     new_task_id, task_definition, Options, QueueDouble, OBJECT_ROUTES, ROUTES,
 };
+use docker_worker_integration::registry::{self, Registry};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256, Sha512};
@@ -2514,4 +2516,61 @@ fn a_1_5_gib_upload_streams_to_disk_with_flat_memory() {
     file.seek(std::io::SeekFrom::Start(SIZE)).unwrap();
     assert_eq!(file.read_to_end(&mut rest).unwrap(), 0);
     eprintln!("checked the stored 1.5 GiB in {:?}", check.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The registry helper, against the registry integration/test.sh starts (needs Docker).
+
+/// Removes a local image when dropped, even when the test fails.
+struct LocalImage<'a>(&'a str);
+
+impl Drop for LocalImage<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", self.0]).output();
+    }
+}
+
+#[test]
+fn registry_log_shows_one_pull_per_docker_pull_of_a_new_image() {
+    let _together = together();
+    let registry = Registry::from_env();
+    let reference = registry.push_unique_image("registry-helper", 64 * 1024);
+    assert!(
+        reference.starts_with(&format!("{}/testuser/registry-helper-", registry.host())),
+        "{reference}"
+    );
+    assert!(
+        !registry::has_local(&reference),
+        "the pushed image is only in the registry"
+    );
+    assert_eq!(
+        registry.pulls(&reference),
+        0,
+        "{:#?}",
+        registry.requests_for(&reference)
+    );
+
+    let _local = LocalImage(&reference);
+    let pushed = registry.requests_for(&reference).len();
+    registry.pull(&reference);
+    assert!(registry::has_local(&reference));
+    let seen = registry.requests_for(&reference);
+    assert_eq!(registry.pulls(&reference), 1, "{seen:#?}");
+    assert_eq!(registry.manifest_heads(&reference), 1, "{seen:#?}");
+    assert_eq!(registry.manifest_gets(&reference), 1, "{seen:#?}");
+    // The config and the one layer Docker lacked (the fixture's layer is local).
+    assert_eq!(registry.blob_gets(&reference), 2, "{seen:#?}");
+    // Every request of the pull answered 200: Docker sent the credentials over plain HTTP.
+    assert!(seen[pushed..].iter().all(|r| r.status == 200), "{seen:#?}");
+
+    // Pulling it again, with the image present, resolves the tag and fetches nothing.
+    registry.pull(&reference);
+    let seen = registry.requests_for(&reference);
+    assert_eq!(registry.pulls(&reference), 1, "{seen:#?}");
+    assert_eq!(registry.manifest_heads(&reference), 2, "{seen:#?}");
+    assert_eq!(registry.blob_gets(&reference), 2, "{seen:#?}");
+
+    registry::remove_local(&reference);
+    assert!(!registry::has_local(&reference));
+    registry::remove_local(&reference); // absent: nothing to do
 }
