@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use docker_worker_actors::docker::{DockerActor, DockerPort};
+use docker_worker_actors::images::ImageActor;
 use docker_worker_actors::lifecycle::StopReason;
 use docker_worker_actors::live_log::{LiveLogServer, LiveLogSettings, LiveLogs};
 use docker_worker_actors::queue::artifacts::{QueueArtifactSink, StorageType};
@@ -81,7 +82,7 @@ async fn serve(settings: Settings, logger: Logger) -> ExitCode {
             return ExitCode::from(exit::RESOURCE_UNAVAILABLE);
         }
     };
-    let docker = DockerPort::from_addr(&DockerActor::new(docker, settings.pull, endpoint).start());
+    let containers = DockerActor::new(docker.clone(), endpoint).start();
     let q = &settings.queue;
     let client = QueueClient::new(
         &settings.identity.root_url,
@@ -105,6 +106,14 @@ async fn serve(settings: Settings, logger: Logger) -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
+    let images = ImageActor::new(
+        docker,
+        settings.images.clone(),
+        Some(client.clone()),
+        logger.clone(),
+    )
+    .start();
+    let docker = DockerPort::with_images(&containers, images.recipient());
     let queue = QueuePort::from_addr(&QueueActor::new(client.clone()).start());
     let (exit_tx, exit_rx) = oneshot::channel();
     let claim = ClaimSettings {

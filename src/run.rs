@@ -2,6 +2,7 @@
 //! the terminal and a backing file for the log, a directory for artifacts.
 
 use std::cell::Cell;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -11,9 +12,10 @@ use bollard::Docker;
 use docker_worker_actors::artifacts::{LocalDirSink, StoredArtifact};
 use docker_worker_actors::attach::Endpoint;
 use docker_worker_actors::docker::{DockerActor, DockerPort};
+use docker_worker_actors::images::{ImageActor, ImageProgress};
 use docker_worker_actors::lifecycle::StopReason;
 use docker_worker_actors::log_stream::LogSink;
-use docker_worker_actors::queue::QueueLink;
+use docker_worker_actors::queue::{Credentials, QueueClient, QueueLink, RetryPolicy};
 use docker_worker_actors::supervisor::{RunTask, Shutdown, Supervisor, TaskResources, TaskResourcesFactory};
 use docker_worker_actors::task::{new_task_id, TaskSpec};
 use docker_worker_actors::task_actor::{TaskConfig, TaskOutcome};
@@ -28,12 +30,61 @@ use crate::{exit, logging, taskfile};
 struct LocalFactory {
     docker: DockerPort,
     sink: Arc<LocalDirSink>,
+    display: Option<Recipient<ImageProgress>>,
 }
 
 impl TaskResourcesFactory for LocalFactory {
     fn create(&self, _: &TaskSpec, _: Option<&QueueLink>) -> std::io::Result<TaskResources> {
         let terminal = LogSink::optional("terminal", tokio::io::stdout()).live();
-        TaskResources::start(self.docker.clone(), vec![terminal], self.sink.clone(), None)
+        let mut resources =
+            TaskResources::start(self.docker.clone(), vec![terminal], self.sink.clone(), None)?;
+        resources.ports.image_display = self.display.clone();
+        Ok(resources)
+    }
+}
+
+/// `docker-worker run`'s image progress on a terminal: one line on stderr at most every second, with
+/// the bytes and layers so far, and a last line when the fetch ends.
+struct ProgressDisplay {
+    last: Option<std::time::Instant>,
+    started: std::time::Instant,
+}
+
+impl Actor for ProgressDisplay {
+    type Context = Context<Self>;
+}
+
+impl Handler<ImageProgress> for ProgressDisplay {
+    type Result = ();
+
+    fn handle(&mut self, p: ImageProgress, _: &mut Context<Self>) {
+        let due = self
+            .last
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+        if !(p.done || due) {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        let mb = |b: u64| b as f64 / 1_000_000.0;
+        let line = match (p.done, p.total_bytes.filter(|t| *t > 0)) {
+            (true, _) => format!(
+                "docker-worker: fetched {} ({:.1} MB) in {:.1} s",
+                p.image,
+                mb(p.done_bytes),
+                self.started.elapsed().as_secs_f64()
+            ),
+            (false, Some(total)) => format!(
+                "docker-worker: fetching {}: {:.1} of {:.1} MB ({:.0}%), {} of {} layers done",
+                p.image,
+                mb(p.done_bytes),
+                mb(total),
+                p.done_bytes as f64 * 100.0 / total as f64,
+                p.parts_done,
+                p.parts
+            ),
+            (false, None) => format!("docker-worker: fetching {}: {:.1} MB", p.image, mb(p.done_bytes)),
+        };
+        eprintln!("{line}");
     }
 }
 
@@ -140,11 +191,42 @@ async fn run_one(
             return ExitCode::from(exit::RESOURCE_UNAVAILABLE);
         }
     };
-    let docker = DockerActor::new(docker, settings.pull, endpoint).start();
-    let port = DockerPort::from_addr(&docker);
+    let containers = DockerActor::new(docker.clone(), endpoint).start();
+    let queue = (!settings.identity.root_url.is_empty())
+        .then(|| {
+            QueueClient::new(
+                &settings.identity.root_url,
+                Credentials {
+                    client_id: String::new(),
+                    access_token: String::new(),
+                    certificate: None,
+                },
+                RetryPolicy::default(),
+                logger.clone(),
+            )
+        })
+        .transpose();
+    let queue = match queue {
+        Ok(queue) => queue,
+        Err(e) => {
+            eprintln!("docker-worker: worker.root_url: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let images = ImageActor::new(docker, settings.images.clone(), queue, logger.clone()).start();
+    let port = DockerPort::with_images(&containers, images.recipient());
+    let display = std::io::stderr().is_terminal().then(|| {
+        ProgressDisplay {
+            last: None,
+            started: std::time::Instant::now(),
+        }
+        .start()
+        .recipient()
+    });
     let factory = LocalFactory {
         docker: port.clone(),
         sink: Arc::new(sink),
+        display,
     };
     let config = task_config(&settings, false, logger.clone());
     let supervisor = Supervisor::new(1, port, Box::new(factory), config).start();

@@ -5,7 +5,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
-use docker_worker_actors::docker::PullPolicy;
+use std::collections::BTreeMap;
+
+use docker_worker_actors::images::reference::RegistryCredentials;
+use docker_worker_actors::images::{GcPolicy, ImageSettings, PullPolicy};
 use docker_worker_actors::queue::artifacts::StorageType;
 use docker_worker_actors::task::WorkerIdentity;
 use serde::Deserialize;
@@ -25,7 +28,7 @@ pub enum SettingsError {
     #[error("unknown profile {0:?} (known: local, test, production)")]
     UnknownProfile(String),
     /// A `--set` flag is not `key=value`.
-    #[error("--set {0:?}: expected key=value, e.g. --set docker.pull_attempts=5")]
+    #[error("--set {0:?}: expected key=value, e.g. --set images.pull_attempts=5")]
     BadOverride(String),
     /// The config crate refused the layers.
     #[error("configuration: {0}")]
@@ -49,6 +52,9 @@ struct RawSettings {
     artifacts: RawArtifacts,
     shutdown: RawShutdown,
     docker: RawDocker,
+    images: RawImages,
+    #[serde(default)]
+    registries: BTreeMap<String, RegistryCredentials>,
     logging: RawLogging,
 }
 
@@ -105,11 +111,23 @@ struct RawWorker {
 struct RawDocker {
     host: String,
     shm_size: i64,
-    pull_attempts: i64,
-    pull_initial_delay_ms: i64,
     output_drain_seconds: i64,
     kill_wait_seconds: i64,
     request_timeout_seconds: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImages {
+    pull_attempts: i64,
+    pull_initial_delay_ms: i64,
+    pull_max_delay_ms: i64,
+    stall_timeout_seconds: i64,
+    max_parallel_fetches: i64,
+    default_registry: String,
+    gc_interval_seconds: i64,
+    expiry_seconds: i64,
+    min_free_disk_mb: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,7 +174,7 @@ pub struct Settings {
     pub live_log_idle_timeout: Duration,
     pub docker_host: Option<String>,
     pub shm_size: Option<i64>,
-    pub pull: PullPolicy,
+    pub images: ImageSettings,
     pub output_drain: Duration,
     pub kill_wait: Duration,
     pub request_timeout: Duration,
@@ -202,15 +220,6 @@ impl Settings {
     }
 
     fn check(raw: RawSettings) -> Result<Settings, SettingsError> {
-        fn positive(key: &'static str, v: i64) -> Result<u64, SettingsError> {
-            u64::try_from(v)
-                .ok()
-                .filter(|v| *v > 0)
-                .ok_or(SettingsError::Invalid {
-                    key,
-                    message: format!("must be a positive integer, not {v}"),
-                })
-        }
         fn millis(key: &'static str, v: i64) -> Result<Duration, SettingsError> {
             u64::try_from(v)
                 .map(Duration::from_millis)
@@ -303,6 +312,7 @@ impl Settings {
         )?);
         let live_log_public_url = raw.live_log.public_url.trim_end_matches('/').to_string();
         let d = raw.docker;
+        let images = image_settings(raw.images, raw.registries)?;
         let log_format = match raw.logging.format.as_str() {
             "json" => LogFormat::Json,
             "terminal" => LogFormat::Terminal,
@@ -335,15 +345,7 @@ impl Settings {
             identity,
             docker_host: (!d.host.is_empty()).then_some(d.host),
             shm_size: Some(positive("docker.shm_size", d.shm_size)? as i64),
-            pull: PullPolicy {
-                attempts: positive("docker.pull_attempts", d.pull_attempts)? as u32,
-                initial_delay: Duration::from_millis(u64::try_from(d.pull_initial_delay_ms).map_err(
-                    |_| SettingsError::Invalid {
-                        key: "docker.pull_initial_delay_ms",
-                        message: "must not be negative".into(),
-                    },
-                )?),
-            },
+            images,
             output_drain: Duration::from_secs(positive(
                 "docker.output_drain_seconds",
                 d.output_drain_seconds,
@@ -357,6 +359,67 @@ impl Settings {
             log_level,
         })
     }
+}
+
+fn positive(key: &'static str, v: i64) -> Result<u64, SettingsError> {
+    u64::try_from(v)
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or(SettingsError::Invalid {
+            key,
+            message: format!("must be a positive integer, not {v}"),
+        })
+}
+
+fn non_negative(key: &'static str, value: i64) -> Result<u64, SettingsError> {
+    u64::try_from(value).map_err(|_| SettingsError::Invalid {
+        key,
+        message: "must not be negative".into(),
+    })
+}
+
+fn image_settings(
+    raw: RawImages,
+    registries: BTreeMap<String, RegistryCredentials>,
+) -> Result<ImageSettings, SettingsError> {
+    if let Some(key) = registries.keys().find(|k| k.trim_matches('/').is_empty()) {
+        return Err(SettingsError::Invalid {
+            key: "registries",
+            message: format!("{key:?} is not a registry: use host[:port][/user]"),
+        });
+    }
+    if raw.default_registry.is_empty() {
+        return Err(SettingsError::Invalid {
+            key: "images.default_registry",
+            message: "must name a registry host".into(),
+        });
+    }
+    Ok(ImageSettings {
+        pull: PullPolicy {
+            attempts: positive("images.pull_attempts", raw.pull_attempts)? as u32,
+            initial_delay: Duration::from_millis(non_negative(
+                "images.pull_initial_delay_ms",
+                raw.pull_initial_delay_ms,
+            )?),
+            max_delay: Duration::from_millis(non_negative(
+                "images.pull_max_delay_ms",
+                raw.pull_max_delay_ms,
+            )?),
+            stall_timeout: Duration::from_secs(positive(
+                "images.stall_timeout_seconds",
+                raw.stall_timeout_seconds,
+            )?),
+        },
+        registries,
+        default_registry: raw.default_registry,
+        max_parallel: positive("images.max_parallel_fetches", raw.max_parallel_fetches)? as usize,
+        gc: GcPolicy {
+            interval: Duration::from_secs(positive("images.gc_interval_seconds", raw.gc_interval_seconds)?),
+            expiry: Duration::from_secs(non_negative("images.expiry_seconds", raw.expiry_seconds)?),
+            min_free_bytes: non_negative("images.min_free_disk_mb", raw.min_free_disk_mb)?
+                .saturating_mul(1_000_000),
+        },
+    })
 }
 
 impl Settings {
@@ -404,7 +467,7 @@ mod tests {
     fn profiles_layer_over_the_defaults() {
         let s = load("test", &[]).unwrap();
         assert_eq!(s.identity.worker_type, "test-worker-type");
-        assert_eq!(s.pull.attempts, 2);
+        assert_eq!(s.images.pull.attempts, 2);
         let s = load("local", &[]).unwrap();
         assert_eq!(s.log_format, LogFormat::Terminal);
         assert!(
@@ -415,10 +478,10 @@ mod tests {
 
     #[test]
     fn overrides_win_and_errors_name_the_key() {
-        let s = load("local", &["docker.pull_attempts=7"]).unwrap();
-        assert_eq!(s.pull.attempts, 7);
-        let e = load("local", &["docker.pull_attempts=0"]).unwrap_err();
-        assert!(e.to_string().contains("docker.pull_attempts"), "{e}");
+        let s = load("local", &["images.pull_attempts=7"]).unwrap();
+        assert_eq!(s.images.pull.attempts, 7);
+        let e = load("local", &["images.pull_attempts=0"]).unwrap_err();
+        assert!(e.to_string().contains("images.pull_attempts"), "{e}");
         let e = load("local", &["logging.level=loud"]).unwrap_err();
         assert!(e.to_string().contains("logging.level"), "{e}");
         let e = load("local", &["docker.colour=blue"]).unwrap_err();
@@ -428,5 +491,38 @@ mod tests {
             load("local", &["novalue"]),
             Err(SettingsError::BadOverride(_))
         ));
+    }
+
+    #[test]
+    fn registries_keep_hosts_ports_and_users_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("worker.toml");
+        std::fs::write(
+            &file,
+            "[registries]\n\"127.0.0.1:5000/\" = { username = \"testuser\", password = \"pw\" }\n\
+             \"Registry.Example.com/Team\" = { username = \"robot\", password = \"token\" }\n",
+        )
+        .unwrap();
+        let s = Settings::load(&Sources {
+            profile: "test",
+            file: Some(&file),
+            overrides: &[],
+        })
+        .unwrap();
+        let keys: Vec<&str> = s.images.registries.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["127.0.0.1:5000/", "Registry.Example.com/Team"]);
+        assert_eq!(s.images.registries["127.0.0.1:5000/"].username, "testuser");
+        std::fs::write(
+            &file,
+            "[registries]\n\"/\" = { username = \"a\", password = \"b\" }\n",
+        )
+        .unwrap();
+        let e = Settings::load(&Sources {
+            profile: "test",
+            file: Some(&file),
+            overrides: &[],
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("registries"), "{e}");
     }
 }

@@ -3,21 +3,20 @@
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
 
 use actix::dev::ToEnvelope;
 use actix::prelude::*;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateImageOptionsBuilder, DownloadFromContainerOptionsBuilder, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    DownloadFromContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use bollard::Docker;
 use bytes::Bytes;
 use futures_util::stream::{Stream, StreamExt, TryStreamExt};
 
 use crate::attach::{attach_raw, Endpoint};
-use crate::log_stream::LogChunk;
+pub use crate::images::{EnsureImage, ImageError, ImageReady, PullPolicy};
 
 /// A stream of bytes out of Docker: a container's output or a tar archive.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
@@ -106,89 +105,6 @@ impl From<MailboxError> for DockerError {
     fn from(e: MailboxError) -> Self {
         DockerError::ActorGone(e.to_string())
     }
-}
-
-/// Why an image could not be had, and so whose fault that is.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ImageError {
-    /// The registry has no such image.
-    #[error("image {image} not found: {message}")]
-    NotFound {
-        /// The image as the task named it.
-        image: String,
-        /// The registry's reason.
-        message: String,
-    },
-    /// The registry refused access.
-    #[error("not authorized to pull image {image}: {message}")]
-    Unauthorized {
-        /// The image.
-        image: String,
-        /// The registry's reason.
-        message: String,
-    },
-    /// The image name is not a valid reference.
-    #[error("invalid image name {image}: {message}")]
-    Invalid {
-        /// The image.
-        image: String,
-        /// Docker's reason.
-        message: String,
-    },
-    /// The registry or the Docker daemon could not be reached.
-    #[error("could not pull image {image} after {attempts} attempt(s): {message}")]
-    Unreachable {
-        /// The image.
-        image: String,
-        /// How many attempts were made.
-        attempts: u32,
-        /// The last error.
-        message: String,
-    },
-}
-
-impl ImageError {
-    /// Whether the task is to blame (so it resolves `failed` rather than an exception).
-    pub fn is_task_fault(&self) -> bool {
-        !matches!(self, ImageError::Unreachable { .. })
-    }
-}
-
-/// How hard to try pulling an image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PullPolicy {
-    /// Attempts in all, at least 1.
-    pub attempts: u32,
-    /// The delay before the second attempt; it doubles after each further failure.
-    pub initial_delay: Duration,
-}
-
-impl Default for PullPolicy {
-    fn default() -> Self {
-        PullPolicy {
-            attempts: 3,
-            initial_delay: Duration::from_secs(1),
-        }
-    }
-}
-
-/// Make sure an image is present, pulling it if not. Progress lines go to `progress`.
-#[derive(Message)]
-#[rtype(result = "Result<ImageReady, ImageError>")]
-pub struct EnsureImage {
-    /// The image reference.
-    pub image: String,
-    /// Where compact progress lines go (the task log).
-    pub progress: Recipient<LogChunk>,
-}
-
-/// The image is present.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageReady {
-    /// Docker's image id.
-    pub id: String,
-    /// Whether it was pulled just now.
-    pub pulled: bool,
 }
 
 /// What the task container looks like.
@@ -280,7 +196,7 @@ pub struct DockerPort {
 }
 
 impl DockerPort {
-    /// The port of any actor that handles all of Docker's messages.
+    /// The port of any actor that handles all of Docker's messages, images included (a fake).
     pub fn from_addr<A>(addr: &Addr<A>) -> DockerPort
     where
         A: Actor
@@ -303,8 +219,32 @@ impl DockerPort {
             + ToEnvelope<A, CopyFromContainer>
             + ToEnvelope<A, RemoveTaskContainers>,
     {
+        DockerPort::with_images(addr, addr.clone().recipient())
+    }
+
+    /// The port of a container actor, with images ensured by `images` (the ImageActor).
+    pub fn with_images<A>(addr: &Addr<A>, images: Recipient<EnsureImage>) -> DockerPort
+    where
+        A: Actor
+            + Handler<CreateContainer>
+            + Handler<AttachContainer>
+            + Handler<StartContainer>
+            + Handler<WaitContainer>
+            + Handler<KillContainer>
+            + Handler<RemoveContainer>
+            + Handler<CopyFromContainer>
+            + Handler<RemoveTaskContainers>,
+        A::Context: ToEnvelope<A, CreateContainer>
+            + ToEnvelope<A, AttachContainer>
+            + ToEnvelope<A, StartContainer>
+            + ToEnvelope<A, WaitContainer>
+            + ToEnvelope<A, KillContainer>
+            + ToEnvelope<A, RemoveContainer>
+            + ToEnvelope<A, CopyFromContainer>
+            + ToEnvelope<A, RemoveTaskContainers>,
+    {
         DockerPort {
-            ensure_image: addr.clone().recipient(),
+            ensure_image: images,
             create: addr.clone().recipient(),
             attach: addr.clone().recipient(),
             start: addr.clone().recipient(),
@@ -330,18 +270,13 @@ where
 /// slow pull for one task never holds up another task's calls.
 pub struct DockerActor {
     docker: Docker,
-    pull: PullPolicy,
     endpoint: Endpoint,
 }
 
 impl DockerActor {
     /// An actor over a bollard client; `endpoint` is the same engine, for raw attaches.
-    pub fn new(docker: Docker, pull: PullPolicy, endpoint: Endpoint) -> DockerActor {
-        DockerActor {
-            docker,
-            pull,
-            endpoint,
-        }
+    pub fn new(docker: Docker, endpoint: Endpoint) -> DockerActor {
+        DockerActor { docker, endpoint }
     }
 }
 
@@ -351,157 +286,6 @@ impl Actor for DockerActor {
 
 fn bytes_err(e: bollard::errors::Error) -> io::Error {
     io::Error::other(DockerError::from(e))
-}
-
-impl Handler<EnsureImage> for DockerActor {
-    type Result = ResponseFuture<Result<ImageReady, ImageError>>;
-
-    fn handle(&mut self, msg: EnsureImage, _: &mut Context<Self>) -> Self::Result {
-        let docker = self.docker.clone();
-        let policy = self.pull;
-        Box::pin(ensure_image(docker, policy, msg))
-    }
-}
-
-async fn ensure_image(
-    docker: Docker,
-    policy: PullPolicy,
-    msg: EnsureImage,
-) -> Result<ImageReady, ImageError> {
-    let image = msg.image;
-    if let Ok(found) = docker.inspect_image(&image).await {
-        let _ = msg
-            .progress
-            .send(LogChunk::text(format!("{image} exists in the cache.\r\n")))
-            .await;
-        return Ok(ImageReady {
-            id: found.id.unwrap_or_else(|| image.clone()),
-            pulled: false,
-        });
-    }
-    let attempts = policy.attempts.max(1);
-    let mut delay = policy.initial_delay;
-    let mut last = String::new();
-    for attempt in 1..=attempts {
-        match pull_once(&docker, &image, &msg.progress).await {
-            Ok(()) => {
-                return match docker.inspect_image(&image).await {
-                    Ok(found) => Ok(ImageReady {
-                        id: found.id.unwrap_or_else(|| image.clone()),
-                        pulled: true,
-                    }),
-                    Err(e) => Err(ImageError::NotFound {
-                        image,
-                        message: format!("image missing after pulling: {}", DockerError::from(e)),
-                    }),
-                }
-            }
-            Err(e) => {
-                let classified = classify_pull_error(&image, attempt, &e);
-                if !matches!(classified, ImageError::Unreachable { .. }) {
-                    return Err(classified);
-                }
-                last = e;
-                if attempt < attempts {
-                    let _ = msg
-                        .progress
-                        .send(LogChunk::text(format!(
-                            "Pulling {image} failed (attempt {attempt} of {attempts}): {last}; retrying in {} s\r\n",
-                            delay.as_secs_f64()
-                        )))
-                        .await;
-                    actix_rt::time::sleep(delay).await;
-                    delay *= 2;
-                }
-            }
-        }
-    }
-    Err(ImageError::Unreachable {
-        image,
-        attempts,
-        message: last,
-    })
-}
-
-/// One pull, with docker-worker's compact progress lines.
-async fn pull_once(docker: &Docker, image: &str, progress: &Recipient<LogChunk>) -> Result<(), String> {
-    let (from_image, tag) = split_reference(image);
-    let mut options = CreateImageOptionsBuilder::default().from_image(from_image);
-    if let Some(tag) = tag {
-        options = options.tag(tag);
-    }
-    let mut stream = docker.create_image(Some(options.build()), None, None);
-    let mut started: HashMap<String, Instant> = HashMap::new();
-    while let Some(item) = stream.next().await {
-        let info = item.map_err(|e| match e {
-            bollard::errors::Error::DockerResponseServerError { status_code, message } => {
-                format!("{message} (HTTP {status_code})")
-            }
-            bollard::errors::Error::DockerStreamError { error } => error,
-            other => other.to_string(),
-        })?;
-        if let Some(detail) = info.error_detail.and_then(|d| d.message) {
-            return Err(detail);
-        }
-        let status = info.status.unwrap_or_default();
-        let line = match info.id {
-            Some(id) => match status.as_str() {
-                "Downloading" if !started.contains_key(&id) => {
-                    started.insert(id.clone(), Instant::now());
-                    Some(format!("{id} - Started downloading\r\n"))
-                }
-                "Download complete" => {
-                    let secs = started.get(&id).map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
-                    Some(format!("{id} - Downloaded in {secs:.3} seconds\r\n"))
-                }
-                _ => None,
-            },
-            None if !status.is_empty() => Some(format!("{status}\r\n")),
-            None => None,
-        };
-        if let Some(line) = line {
-            let _ = progress.send(LogChunk::text(line)).await;
-        }
-    }
-    Ok(())
-}
-
-/// Split `repo[:tag]` or `repo@digest`; a registry port (`host:5000/x`) is not a tag.
-pub fn split_reference(image: &str) -> (&str, Option<&str>) {
-    if image.contains('@') {
-        return (image, None);
-    }
-    let last_slash = image.rfind('/').map_or(0, |i| i + 1);
-    match image[last_slash..].rfind(':') {
-        Some(i) => (&image[..last_slash + i], Some(&image[last_slash + i + 1..])),
-        None => (image, Some("latest")),
-    }
-}
-
-fn classify_pull_error(image: &str, attempt: u32, message: &str) -> ImageError {
-    let m = message.to_ascii_lowercase();
-    let image = image.to_string();
-    let message = message.to_string();
-    if m.contains("invalid reference format") || m.contains("invalid tag format") {
-        ImageError::Invalid { image, message }
-    } else if m.contains("unauthorized")
-        || m.contains("authentication required")
-        || m.contains("no basic auth credentials")
-    {
-        ImageError::Unauthorized { image, message }
-    } else if m.contains("not found")
-        || m.contains("manifest unknown")
-        || m.contains("repository does not exist")
-        || m.contains("(http 404)")
-    {
-        ImageError::NotFound { image, message }
-    } else {
-        ImageError::Unreachable {
-            image,
-            attempts: attempt,
-            message,
-        }
-    }
 }
 
 impl Handler<CreateContainer> for DockerActor {
@@ -696,41 +480,6 @@ pub async fn collect(stream: ByteStream) -> Result<Vec<u8>, io::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn references_split_into_repo_and_tag() {
-        assert_eq!(split_reference("busybox"), ("busybox", Some("latest")));
-        assert_eq!(split_reference("busybox:1.36"), ("busybox", Some("1.36")));
-        assert_eq!(
-            split_reference("localhost:5000/team/img"),
-            ("localhost:5000/team/img", Some("latest"))
-        );
-        assert_eq!(
-            split_reference("localhost:5000/team/img:v2"),
-            ("localhost:5000/team/img", Some("v2"))
-        );
-        assert_eq!(split_reference("img@sha256:abc"), ("img@sha256:abc", None));
-    }
-
-    #[test]
-    fn pull_errors_say_whose_fault() {
-        let e = classify_pull_error(
-            "x",
-            1,
-            "pull access denied for x, repository does not exist or may require 'docker login'",
-        );
-        assert!(matches!(e, ImageError::NotFound { .. }) && e.is_task_fault());
-        let e = classify_pull_error("x", 1, "unauthorized: authentication required");
-        assert!(matches!(e, ImageError::Unauthorized { .. }));
-        let e = classify_pull_error(
-            "x",
-            2,
-            "Get \"https://registry-1.docker.io/v2/\": dial tcp: lookup registry-1.docker.io: no such host",
-        );
-        assert!(matches!(e, ImageError::Unreachable { attempts: 2, .. }) && !e.is_task_fault());
-        let e = classify_pull_error("X Y", 1, "invalid reference format (HTTP 400)");
-        assert!(matches!(e, ImageError::Invalid { .. }));
-    }
 
     #[test]
     fn start_errors_about_the_command_are_the_tasks_fault() {

@@ -10,6 +10,7 @@
 pub mod artifacts;
 pub mod attach;
 pub mod docker;
+pub mod images;
 pub mod lifecycle;
 pub mod live_log;
 pub mod log_stream;

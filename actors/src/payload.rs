@@ -147,6 +147,17 @@ pub enum Image {
     },
 }
 
+impl Image {
+    /// The image in a few words, for the task log.
+    pub fn describe(&self) -> String {
+        match self {
+            Image::DockerImage { name } => name.clone(),
+            Image::IndexedImage { namespace, path } => format!("{path} from index namespace {namespace}"),
+            Image::TaskImage { task_id, path } => format!("{path} from task {task_id}"),
+        }
+    }
+}
+
 /// Capabilities the task container needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Capabilities {

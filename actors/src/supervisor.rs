@@ -51,6 +51,7 @@ impl TaskResources {
         let artifacts = ArtifactUploadActor::new(artifact_sink).start();
         Ok(TaskResources {
             ports: TaskPorts {
+                image_display: None,
                 docker,
                 log: LogPort {
                     chunk: log.clone().recipient(),

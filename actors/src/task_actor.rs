@@ -21,10 +21,11 @@ use crate::docker::{
     DockerPort, EnsureImage, KillContainer, RemoveContainer, StartContainer, WaitContainer, LABEL_MANAGED,
     LABEL_RUN_ID, LABEL_TASK_ID, LABEL_WORKER_ID,
 };
+use crate::images::{ImageLease, ImageProgress};
 use crate::lifecycle::{ExceptionReason, ExitPolicy, Resolution, StopReason, TaskEvent, TaskState};
 use crate::log_stream::{CloseLog, LogChunk, LogError};
 use crate::logfmt::{fmt_error_log, fmt_log, footer, header, HeaderFields};
-use crate::payload::{parse_payload, parse_task_payload, ArtifactKind, Feature, Image, Payload};
+use crate::payload::{parse_payload, parse_task_payload, ArtifactKind, Feature, Payload};
 use crate::queue::{self, GetRunState, QueueError, QueueLink, ReclaimTask, ResolveTask, RunState};
 use crate::task::{TaskSpec, WorkerIdentity};
 
@@ -62,6 +63,8 @@ pub struct TaskPorts {
     pub queue: Option<QueueLink>,
     /// Where the log can be read live while the task runs, published as the live log artifact.
     pub live_log_url: Option<String>,
+    /// A display of image download progress (`docker-worker run` on a terminal).
+    pub image_display: Option<Recipient<ImageProgress>>,
 }
 
 /// Settings a task run needs from the worker.
@@ -158,6 +161,8 @@ impl TaskActor {
                 exit_code: None,
                 artifact_failed: false,
                 live_log_created: false,
+                image_lease: None,
+                image_artifact_sha256: None,
                 started: Instant::now(),
                 stop: stop_rx,
                 logger,
@@ -342,6 +347,10 @@ struct Run {
     live_log_created: bool,
     started: Instant,
     stop: watch::Receiver<Option<StopReason>>,
+    /// Keeps the task's image from the garbage collector until the run is over.
+    image_lease: Option<ImageLease>,
+    /// `sha256:<hex>` of the image artifact, for chain of trust.
+    image_artifact_sha256: Option<String>,
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -621,13 +630,19 @@ impl Run {
     }
 
     async fn ensure_image(&mut self, payload: &Payload) -> Result<Option<String>, LogError> {
-        let Image::DockerImage { name } = &payload.image else {
-            unreachable!("unsupported() refuses other image types");
-        };
-        info!(self.logger, "ensure image"; "image" => name);
+        let image = payload.image.describe();
+        info!(self.logger, "ensure image"; "image" => &image);
+        let credentials = self
+            .ports
+            .queue
+            .as_ref()
+            .map(|q| q.shared_credentials.lock().expect("credentials lock").clone());
         let request = self.ports.docker.ensure_image.send(EnsureImage {
-            image: name.clone(),
+            image: payload.image.clone(),
+            scopes: self.spec.scopes.clone(),
+            credentials,
             progress: self.ports.log.chunk.clone(),
+            display: self.ports.image_display.clone(),
         });
         let mut stop = self.stop.clone();
         let result = tokio::select! {
@@ -640,7 +655,11 @@ impl Run {
         match result {
             Ok(Ok(ready)) => {
                 self.event(TaskEvent::ImageReady);
-                Ok(Some(ready.id))
+                info!(self.logger, "image ready"; "image" => &image, "id" => &ready.id, "fetched" => ready.fetched);
+                self.image_artifact_sha256 = ready.artifact_sha256.clone();
+                let name = ready.name.clone();
+                self.image_lease = ready.lease;
+                Ok(Some(name))
             }
             Ok(Err(e)) => {
                 let resolution = if e.is_task_fault() {
@@ -648,7 +667,7 @@ impl Run {
                 } else {
                     Resolution::Exception(ExceptionReason::ResourceUnavailable)
                 };
-                warn!(self.logger, "image pull failed"; "image" => name, "error" => %e);
+                warn!(self.logger, "image pull failed"; "image" => &image, "error" => %e);
                 self.event(TaskEvent::ImageFailed(resolution));
                 self.write(fmt_error_log("Pulling docker image has failed."))
                     .await?;
@@ -658,7 +677,7 @@ impl Run {
             Err(mailbox) => {
                 self.event(TaskEvent::WorkerFault);
                 self.write(fmt_error_log(&format!(
-                    "Pulling docker image has failed: the Docker actor stopped ({mailbox})"
+                    "Pulling docker image has failed: the image actor stopped ({mailbox})"
                 )))
                 .await?;
                 Ok(None)
@@ -1016,15 +1035,6 @@ pub fn unsupported(payload: &Payload) -> Vec<String> {
                 "The feature `{}` is not supported by this worker yet, so the task can not run as written.",
                 feature.name()
             ));
-        }
-    }
-    match &payload.image {
-        Image::DockerImage { .. } => {}
-        Image::IndexedImage { .. } => {
-            out.push("Images of type `indexed-image` are not supported by this worker yet.".into())
-        }
-        Image::TaskImage { .. } => {
-            out.push("Images of type `task-image` are not supported by this worker yet.".into())
         }
     }
     if !payload.cache.is_empty() {

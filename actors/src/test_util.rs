@@ -124,12 +124,15 @@ impl Handler<EnsureImage> for FakeDocker {
                 .progress
                 .send(crate::log_stream::LogChunk::text(format!(
                     "{} exists in the cache.\r\n",
-                    msg.image
+                    msg.image.describe()
                 )))
                 .await;
             result.map(|()| ImageReady {
-                id: format!("sha256:{}", msg.image),
-                pulled: false,
+                name: msg.image.describe(),
+                id: format!("sha256:{}", msg.image.describe()),
+                fetched: false,
+                artifact_sha256: None,
+                lease: None,
             })
         })
     }

@@ -524,6 +524,99 @@ impl QueueClient {
         }
     }
 
+    /// The index's `findTask`: the task id a namespace points at. Anonymous, as the index needs no
+    /// scope for it; retried on transient errors.
+    pub async fn find_task(&self, namespace: &str) -> Result<String, QueueError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Found {
+            task_id: String,
+        }
+        let call = Call {
+            endpoint: "findTask",
+            method: Method::GET,
+            url: self.service_url("index", &format!("task/{}", encode_segment(namespace)))?,
+            body: None,
+            credentials: None,
+            timeout: self.timeouts.call,
+            retry: true,
+        };
+        let answer = self.execute(call).await.map_err(|f| f.error)?;
+        serde_json::from_slice::<Found>(&answer)
+            .map(|f| f.task_id)
+            .map_err(|e| self.unreadable("findTask", e.to_string()))
+    }
+
+    /// Start downloading the latest run's artifact `name` of `task_id`: `getLatestArtifact`, signed
+    /// with `credentials` when given, then its redirects, unsigned, to the bytes. One attempt; the
+    /// answer's body is left to stream.
+    pub async fn artifact_download(
+        &self,
+        task_id: &str,
+        name: &str,
+        credentials: Option<&Credentials>,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, QueueError> {
+        const MAX_REDIRECTS: usize = 5;
+        let mut url = self.url(&format!(
+            "task/{}/artifacts/{}",
+            encode_segment(task_id),
+            encode_segment(name)
+        ))?;
+        let mut signed = credentials;
+        for _ in 0..=MAX_REDIRECTS {
+            let mut request = self.http.get(url.clone()).timeout(timeout);
+            if let Some(credentials) = signed.take() {
+                let authorization =
+                    hawk::header(credentials, "GET", &url, None).map_err(|e| QueueError::Rejected {
+                        status: 0,
+                        message: format!("getLatestArtifact: cannot sign the request: {e}"),
+                    })?;
+                request = request.header(AUTHORIZATION, authorization);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| QueueError::Unavailable(format!("getLatestArtifact: {}", describe(&e))))?;
+            let status = response.status();
+            if status.is_redirection() {
+                let location = response
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .ok_or_else(|| {
+                        self.unreadable("getLatestArtifact", "a redirect without a Location".into())
+                    })?;
+                url = url.join(location).map_err(|e| {
+                    self.unreadable("getLatestArtifact", format!("bad Location {location:?}: {e}"))
+                })?;
+                continue;
+            }
+            if status.is_success() {
+                return Ok(response);
+            }
+            let code = status.as_u16();
+            let body = response.bytes().await.unwrap_or_default();
+            let message = error_message(status, &body);
+            return Err(match code {
+                500..=599 => QueueError::Unavailable(format!("getLatestArtifact: HTTP {code}: {message}")),
+                401 | 403 => QueueError::Unauthorized {
+                    status: code,
+                    message,
+                },
+                404 => QueueError::NotFound(message),
+                _ => QueueError::Rejected {
+                    status: code,
+                    message,
+                },
+            });
+        }
+        Err(self.unreadable(
+            "getLatestArtifact",
+            format!("more than {MAX_REDIRECTS} redirects"),
+        ))
+    }
+
     /// `<rootUrl>/api/<service>/v1/<route>`, for the object service beside the Queue.
     fn service_url(&self, service: &str, route: &str) -> Result<Url, QueueError> {
         let root = self.base.trim_end_matches("api/queue/v1/");
