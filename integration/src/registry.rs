@@ -55,9 +55,9 @@ fn env(name: &str) -> String {
     match std::env::var(name) {
         Ok(v) if !v.trim().is_empty() => v.trim().to_string(),
         _ => panic!(
-            "{name} is not set: this test needs the local registry that integration/test.sh starts. Run it \
-             with `bash integration/test.sh` (extra arguments go to cargo test); tests that need the registry \
-             never skip."
+            "{name} is not set: this test needs the local registry that integration/test.sh starts. Run \
+             it with `bash integration/test.sh` (extra arguments go to cargo test); tests that need the \
+             registry never skip."
         ),
     }
 }
@@ -368,7 +368,10 @@ mod tests {
 
     #[test]
     fn access_log_lines_parse() {
-        let line = r#"127.0.0.1 - - [01/Dec/2026:15:59:12 +0000] "HEAD /v2/testuser/x/manifests/latest HTTP/1.1" 200 736 "" "docker/20.10.24 \"quoted\"""#;
+        let line = concat!(
+            r#"127.0.0.1 - - [01/Dec/2026:15:59:12 +0000] "HEAD /v2/testuser/x/manifests/latest HTTP/1.1" "#,
+            r#"200 736 "" "docker/20.10.24 \"quoted\"""#
+        );
         assert_eq!(
             parse_line(line),
             Some(Request {
