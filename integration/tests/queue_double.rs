@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use docker_worker_integration::queue_double::{
-    new_task_id, task_definition, Options, QueueDouble, OBJECT_ROUTES, ROUTES,
+    new_task_id, task_definition, Options, QueueDouble, INDEX_ROUTES, OBJECT_ROUTES, ROUTES,
 };
 use docker_worker_integration::registry::{self, Registry};
 use hmac::{Hmac, Mac};
@@ -424,6 +424,17 @@ fn served_routes_exist_in_api_json_with_the_same_method_and_pattern() {
         assert_eq!(entry["route"], *route, "{name}");
     }
 
+    let index_api = read_json(shared().join("references/index/v1/api.json"));
+    let index_entries = index_api["entries"].as_array().unwrap();
+    for (name, method, route) in INDEX_ROUTES {
+        let entry = index_entries
+            .iter()
+            .find(|e| e["name"] == *name)
+            .unwrap_or_else(|| panic!("the double serves index.{name}, which the index api.json lacks"));
+        assert_eq!(entry["method"], *method, "{name}");
+        assert_eq!(entry["route"], *route, "{name}");
+    }
+
     // And the server answers exactly those routes: each one reaches its handler (never the
     // unknown-endpoint reply), while an api.json route the double does not serve is unknown.
     let q = QueueDouble::start(quick());
@@ -433,11 +444,14 @@ fn served_routes_exist_in_api_json_with_the_same_method_and_pattern() {
             .replace("<runId>", "0")
             .replace("<taskQueueId>", "proj-test/conformance")
             .replace("<name>", "t%2Fconformance%2Fname")
+            .replace("<indexPath>", "conformance.path")
+            .replace("<namespace>", "conformance.path")
     };
     let served = ROUTES
         .iter()
         .map(|r| ("/api/queue/v1", r))
-        .chain(OBJECT_ROUTES.iter().map(|r| ("/api/object/v1", r)));
+        .chain(OBJECT_ROUTES.iter().map(|r| ("/api/object/v1", r)))
+        .chain(INDEX_ROUTES.iter().map(|r| ("/api/index/v1", r)));
     for (prefix, (name, method, route)) in served {
         let url = format!("{}{prefix}{}", q.root_url(), sample(route));
         let reply = raw(&method.to_uppercase(), &url, None, None);
@@ -454,6 +468,22 @@ fn served_routes_exist_in_api_json_with_the_same_method_and_pattern() {
     assert!(!served.contains("rerunTask"));
     let reply = call(&q, "POST", &sample(rerun["route"].as_str().unwrap()), None, None);
     assert_eq!(reply.status, 404);
+    let list_tasks = index_entries.iter().find(|e| e["name"] == "listTasks").unwrap();
+    let url = format!(
+        "{}/api/index/v1{}",
+        q.root_url(),
+        sample(list_tasks["route"].as_str().unwrap())
+    );
+    let reply = raw("GET", &url, None, None);
+    assert_eq!(reply.status, 404);
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is not an endpoint of the queue double"),
+        "{}",
+        reply.text()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2516,6 +2546,122 @@ fn a_1_5_gib_upload_streams_to_disk_with_flat_memory() {
     file.seek(std::io::SeekFrom::Start(SIZE)).unwrap();
     assert_eq!(file.read_to_end(&mut rest).unwrap(), 0);
     eprintln!("checked the stored 1.5 GiB in {:?}", check.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Index service.
+
+/// A request to the Index service (`/api/index/v1<path>`).
+fn index_raw(
+    q: &QueueDouble,
+    method: &str,
+    path: &str,
+    creds: Option<&Creds>,
+    body: Option<&Value>,
+) -> RawReply {
+    raw(
+        method,
+        &format!("{}/api/index/v1{path}", q.root_url()),
+        creds,
+        body,
+    )
+}
+
+#[test]
+fn index_find_task_answers_entries_and_404s() {
+    let _together = together();
+    let q = QueueDouble::start(quick());
+    let task_id = create(&q, &unique_queue("index"), json!({}));
+    let entry = q.index_task("docker-worker.test.images.busybox", &task_id);
+    assert_schema_of("index", "indexed-task-response.json", &entry);
+    assert_eq!(entry["expires"], q.status(&task_id)["expires"]);
+
+    // Anonymous callers may find tasks (the anonymous role has index:find-task:*).
+    let found = index_raw(&q, "GET", "/task/docker-worker.test.images.busybox", None, None);
+    assert_eq!(found.status, 200, "{}", found.text());
+    assert_schema_of("index", "indexed-task-response.json", &found.json());
+    assert_eq!(found.json(), entry);
+    assert_eq!(found.json()["namespace"], "docker-worker.test.images.busybox");
+    assert_eq!(found.json()["taskId"], task_id.as_str());
+    assert_eq!(found.json()["rank"], 0);
+    assert_eq!(found.json()["data"], json!({}));
+    assert_eq!(
+        q.find_task("docker-worker.test.images.busybox"),
+        Some(entry.clone())
+    );
+
+    // A miss, a namespace (not an entry), a path that breaks the pattern.
+    for path in ["docker-worker.test.images.nothing", "docker-worker.test.images"] {
+        let missing = index_raw(&q, "GET", &format!("/task/{path}"), None, None);
+        assert_raw_error(&missing, 404, "ResourceNotFound");
+        assert!(
+            missing.json()["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Indexed task not found"),
+            "{}",
+            missing.text()
+        );
+        assert_eq!(q.find_task(path), None);
+    }
+    assert_raw_error(
+        &index_raw(&q, "GET", "/task/a..b", None, None),
+        400,
+        "InvalidRequestArguments",
+    );
+    assert_eq!(q.calls("findTask"), 4);
+
+    // insertTask over HTTP: its scope, its schema, and ranks.
+    let root = Creds::root(&q);
+    let other = new_task_id();
+    let body = |task: &str, rank: i64| {
+        json!({
+            "taskId": task, "rank": rank, "data": {"rank": rank}, "expires": from_now(hours(2)),
+        })
+    };
+    let ns = "/task/docker-worker.test.ranked";
+    assert_raw_error(
+        &index_raw(&q, "PUT", ns, None, Some(&body(&task_id, 5))),
+        403,
+        "InsufficientScopes",
+    );
+    q.add_client("indexer", "tok", ["index:insert-task:docker-worker.test.*"]);
+    let indexer = Creds::new("indexer", "tok");
+    let inserted = index_raw(&q, "PUT", ns, Some(&indexer), Some(&body(&task_id, 5)));
+    assert_eq!(inserted.status, 200, "{}", inserted.text());
+    assert_schema_of("index", "indexed-task-response.json", &inserted.json());
+    assert_eq!(inserted.json()["rank"], 5);
+    // A lower rank keeps the entry (and still answers 200 with it); an equal or higher one replaces it.
+    let lower = index_raw(&q, "PUT", ns, Some(&root), Some(&body(&other, 4)));
+    assert_eq!(lower.status, 200, "{}", lower.text());
+    assert_eq!(lower.json()["taskId"], task_id.as_str());
+    let equal = index_raw(&q, "PUT", ns, Some(&root), Some(&body(&other, 5)));
+    assert_eq!(equal.json()["taskId"], other.as_str());
+    assert_eq!(equal.json()["data"], json!({"rank": 5}));
+    let found = index_raw(&q, "GET", ns, None, None);
+    assert_eq!(found.json()["taskId"], other.as_str());
+    // The schema: rank is required, taskId must be a slugid.
+    let mut no_rank = body(&task_id, 1);
+    no_rank.as_object_mut().unwrap().remove("rank");
+    assert_raw_error(
+        &index_raw(&q, "PUT", ns, Some(&root), Some(&no_rank)),
+        400,
+        "InputValidationError",
+    );
+    assert_raw_error(
+        &index_raw(&q, "PUT", ns, Some(&root), Some(&body("not-a-task-id", 9))),
+        400,
+        "InputValidationError",
+    );
+
+    // An expired entry is not found.
+    let expired = json!({"taskId": task_id, "rank": 0, "data": {}, "expires": from_now(hours(-1))});
+    q.try_insert_task("docker-worker.test.expired", expired).unwrap();
+    assert_raw_error(
+        &index_raw(&q, "GET", "/task/docker-worker.test.expired", None, None),
+        404,
+        "ResourceNotFound",
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

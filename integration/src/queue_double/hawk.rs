@@ -32,6 +32,7 @@ pub const ANONYMOUS_SCOPES: &[&str] = &[
     "queue:status:*",
     "queue:get-artifact:public/*",
     "queue:list-artifacts:*",
+    "index:find-task:*",
 ];
 
 /// A permanent client.

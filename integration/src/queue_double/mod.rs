@@ -3,16 +3,19 @@
 //! `finishArtifact`, `getArtifact`, `getLatestArtifact`, `listArtifacts`) and the task endpoints a
 //! harness needs (`createTask`, `task`, `status`, `cancelTask`, `ping`); the Object service's upload and
 //! download endpoints (`createUpload`, `finishUpload`, `startDownload`, `object`, `download`) at
-//! `<root>/api/object/v1/`; and a bucket that stands in for S3 (presigned-style PUT and GET URLs,
-//! blobs streamed to a temporary directory). All served over HTTP with Hawk authentication and checked
-//! against Taskcluster's own api.json files and schemas in `shared/taskcluster`.
+//! `<root>/api/object/v1/`; the Index service's `findTask` and `insertTask` at `<root>/api/index/v1/`;
+//! and a bucket that stands in for S3 (presigned-style PUT and GET URLs, blobs streamed to a temporary
+//! directory). All served over HTTP with Hawk authentication and checked against Taskcluster's own
+//! api.json files and schemas in `shared/taskcluster`.
 //!
 //! It follows the real Queue's code (v106): the order of its checks, its error codes and messages,
 //! the run lifecycle of its DB functions, claim expiry, the deadline resolver, retries, the temporary
 //! credentials it issues with each claim and for object uploads, the artifact rules of
 //! `artifacts.js`, and the scopes each endpoint needs. Callers without credentials hold the scopes of
 //! the recommended anonymous role that concern it (`queue:get-task:*`, `queue:status:*`,
-//! `queue:get-artifact:public/*`, `queue:list-artifacts:*`).
+//! `queue:get-artifact:public/*`, `queue:list-artifacts:*`, `index:find-task:*`).
+//!
+//! Tests can seed the index: [`QueueDouble::index_task`] indexes a task under a namespace.
 //!
 //! ```no_run
 //! use docker_worker_integration::queue_double::{new_task_id, task_definition, Options, QueueDouble};
@@ -25,6 +28,7 @@
 
 pub mod artifacts;
 pub mod hawk;
+pub mod index;
 pub mod object;
 pub mod queue;
 pub mod schemas;
@@ -42,7 +46,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-pub use queue::{ApiError, Fault, OBJECT_ROUTES, ROUTES};
+pub use queue::{ApiError, Fault, INDEX_ROUTES, OBJECT_ROUTES, ROUTES};
 use queue::{Core, Timing};
 use state::{fmt_time, now_ms};
 use storage::UploadFault;
@@ -350,6 +354,39 @@ impl QueueDouble {
     /// temporary directory until the double is dropped or another upload replaces it.
     pub fn artifact_path(&self, task_id: &str, run_id: usize, name: &str) -> Option<PathBuf> {
         self.core.artifact_blob(task_id, run_id, name).map(|b| b.path)
+    }
+
+    /// Index `task_id` under `namespace` (an index path such as `a.b.c`) with rank 0 and no data, until
+    /// the task expires (a year from now if there is no such task), through the Index service's
+    /// `insertTask`. Returns the entry as `findTask` will. Panics on an error reply.
+    pub fn index_task(&self, namespace: &str, task_id: &str) -> Value {
+        let expires = self
+            .core
+            .status_of(task_id)
+            .and_then(|s| s["expires"].as_str().map(str::to_string))
+            .unwrap_or_else(|| fmt_time(now_ms() + chrono::Duration::days(365)));
+        let body = json!({"taskId": task_id, "rank": 0, "data": {}, "expires": expires});
+        self.try_insert_task(namespace, body)
+            .unwrap_or_else(|e| panic!("insertTask {namespace} failed: {e}"))
+    }
+
+    /// The Index service's `insertTask` with this body (`{taskId, rank, data, expires}`), through the same
+    /// checks as over HTTP (minus authentication).
+    pub fn try_insert_task(&self, namespace: &str, body: Value) -> Result<Value, ApiError> {
+        self.core
+            .internal_call("insertTask", &[("namespace", namespace)], body)
+    }
+
+    /// What `findTask` answers for `index_path`, or `None` for its 404.
+    pub fn find_task(&self, index_path: &str) -> Option<Value> {
+        match self
+            .core
+            .internal_call("findTask", &[("indexPath", index_path)], json!({}))
+        {
+            Ok(entry) => Some(entry),
+            Err(e) if e.status() == 404 => None,
+            Err(e) => panic!("findTask {index_path} failed: {e}"),
+        }
     }
 
     /// Answer the next `n` uploads (PUTs to a `putUrl`) with a 500 `InternalError`, after reading their

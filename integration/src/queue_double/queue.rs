@@ -1,8 +1,8 @@
 //! What each endpoint does, in the order the real Queue does it (`services/queue/src/api.js` on top
 //! of `libraries/api`): body parsing, authentication when the scopes need only URL parameters, URL
 //! parameter patterns, query string, input schema (with defaults), the handler with its own checks and
-//! deferred authorization, and output schema. The Object service's endpoints go through the same
-//! pipeline (`libraries/api` serves both).
+//! deferred authorization, and output schema. The Object and Index services' endpoints go through the
+//! same pipeline (`libraries/api` serves them all).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, RwLock};
@@ -12,8 +12,9 @@ use chrono::{DateTime, Datelike, Utc};
 use serde_json::{json, Map, Value};
 
 use super::hawk::{self, AuthResult, Client};
+use super::index::{is_namespace, Index};
 use super::object::Objects;
-use super::schemas::{ApiEntry, Schemas, OBJECT, QUEUE};
+use super::schemas::{ApiEntry, Schemas, INDEX, OBJECT, QUEUE};
 use super::scopes;
 use super::state::{fmt_time, now_ms, truncate_ms, RunEvent, RunState, Store, Task, PRIORITIES};
 use super::storage::Storage;
@@ -59,6 +60,12 @@ pub const OBJECT_ROUTES: &[(&str, &str, &str)] = &[
     ("download", "get", "/download/<name>"),
 ];
 
+/// The Index service endpoints the double serves, checked against the Index service's api.json.
+pub const INDEX_ROUTES: &[(&str, &str, &str)] = &[
+    ("findTask", "get", "/task/<indexPath>"),
+    ("insertTask", "put", "/task/<namespace>"),
+];
+
 /// Queue route parameters that match the rest of the path, slashes included (`:taskQueueId(*)`,
 /// `:name(*)`).
 pub const WILDCARD_PARAMS: &[&str] = &["taskQueueId", "name"];
@@ -70,10 +77,11 @@ pub const OBJECT_WILDCARD_ENDPOINTS: &[&str] = &["startDownload", "object", "dow
 
 /// Does the route parameter `param` of `endpoint` take the rest of the path?
 pub fn is_wildcard(service: &str, endpoint: &str, param: &str) -> bool {
-    if service == OBJECT {
-        param == "name" && OBJECT_WILDCARD_ENDPOINTS.contains(&endpoint)
-    } else {
-        WILDCARD_PARAMS.contains(&param)
+    match service {
+        OBJECT => param == "name" && OBJECT_WILDCARD_ENDPOINTS.contains(&endpoint),
+        // `/task/:indexPath`, `/task/:namespace`: one segment.
+        INDEX => false,
+        _ => WILDCARD_PARAMS.contains(&param),
     }
 }
 
@@ -297,6 +305,8 @@ pub struct Core {
     pub(super) issuer_token: String,
     /// The Object service's objects.
     pub(super) objects: Mutex<Objects>,
+    /// The Index service's entries.
+    pub(super) index: Mutex<Index>,
     /// The bucket behind `s3` artifacts and objects.
     pub storage: Storage,
     root_url: OnceLock<String>,
@@ -363,6 +373,11 @@ pub fn check_param(name: &str, value: &str) -> Result<(), String> {
                 .is_some_and(|(p, w)| is_identifier(p) && is_worker_type(w)),
             "^[a-zA-Z0-9-_]{1,38}\\/[a-z]([-a-z0-9]{0,36}[a-z0-9])?$",
         ),
+        // Index paths and namespaces (`namespaceFormat` of the Index service).
+        "indexPath" | "namespace" => (
+            is_namespace(value),
+            "^([a-zA-Z0-9_!~*'()%-]+\\.)*[a-zA-Z0-9_!~*'()%-]+$",
+        ),
         // Artifact and object names: printable ASCII.
         "name" => (
             !value.is_empty() && value.bytes().all(|c| (0x20..=0x7e).contains(&c)),
@@ -410,7 +425,7 @@ pub(super) fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
 }
 
 impl Core {
-    /// A core with the given clients (`clientId → client`) and timing. `entries` are those of both
+    /// A core with the given clients (`clientId → client`) and timing. `entries` are those of the
     /// api.json files ([`super::schemas::load_api_entries`]); the served ones are kept, by name.
     pub fn new(
         schemas: Schemas,
@@ -419,7 +434,7 @@ impl Core {
         timing: Timing,
     ) -> Result<Core, String> {
         let mut served: HashMap<String, ApiEntry> = HashMap::new();
-        for (service, routes) in [(QUEUE, ROUTES), (OBJECT, OBJECT_ROUTES)] {
+        for (service, routes) in [(QUEUE, ROUTES), (OBJECT, OBJECT_ROUTES), (INDEX, INDEX_ROUTES)] {
             for (name, method, route) in routes {
                 let e = entries
                     .iter()
@@ -470,6 +485,7 @@ impl Core {
             clients: RwLock::new(clients),
             issuer_token,
             objects: Mutex::new(Objects::default()),
+            index: Mutex::new(Index::default()),
             storage,
             root_url: OnceLock::new(),
             timing,
@@ -488,7 +504,11 @@ impl Core {
 
     /// Is `name` an endpoint the double serves?
     pub fn serves(&self, name: &str) -> bool {
-        ROUTES.iter().chain(OBJECT_ROUTES).any(|(n, _, _)| *n == name)
+        ROUTES
+            .iter()
+            .chain(OBJECT_ROUTES)
+            .chain(INDEX_ROUTES)
+            .any(|(n, _, _)| *n == name)
     }
 
     /// Set the root URL once the server listens; URLs the double hands out start with it.
@@ -733,6 +753,8 @@ impl Core {
             "startDownload" => self.start_download(call, now),
             "object" => self.object_metadata(call),
             "download" => self.download(call, now),
+            "findTask" => self.find_task(call, now),
+            "insertTask" => self.insert_task(call),
             _ => self.handle(call).map(Reply::ok),
         }
     }

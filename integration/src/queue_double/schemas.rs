@@ -1,5 +1,5 @@
-//! The Queue's and the Object service's API references and JSON schemas, read from `shared/taskcluster`,
-//! and validation against them.
+//! The Queue's, the Object service's and the Index service's API references and JSON schemas, read from
+//! `shared/taskcluster`, and validation against them.
 //!
 //! The real services validate every request body against its input schema (Ajv, draft-06, formats on,
 //! `useDefaults`) and every reply against its output schema; this module does the same with the
@@ -58,6 +58,11 @@ pub fn object_api_json_path() -> Result<PathBuf, SchemaError> {
     Ok(shared_dir()?.join("taskcluster/references/object/v1/api.json"))
 }
 
+/// The path of the Index service's api.json.
+pub fn index_api_json_path() -> Result<PathBuf, SchemaError> {
+    Ok(shared_dir()?.join("taskcluster/references/index/v1/api.json"))
+}
+
 fn read_json(path: &Path) -> Result<Value, SchemaError> {
     let text = std::fs::read_to_string(path).map_err(|error| SchemaError::Read {
         path: path.to_path_buf(),
@@ -73,11 +78,13 @@ fn read_json(path: &Path) -> Result<Value, SchemaError> {
 pub const QUEUE: &str = "queue";
 /// The Object service, in [`ApiEntry::service`].
 pub const OBJECT: &str = "object";
+/// The Index service, in [`ApiEntry::service`].
+pub const INDEX: &str = "index";
 
 /// One entry of api.json.
 #[derive(Debug, Clone)]
 pub struct ApiEntry {
-    /// [`QUEUE`] or [`OBJECT`].
+    /// [`QUEUE`], [`OBJECT`] or [`INDEX`].
     pub service: &'static str,
     /// The method name, e.g. `claimWork`.
     pub name: String,
@@ -92,16 +99,17 @@ pub struct ApiEntry {
     /// The scope expression template, if any.
     pub scopes: Option<Value>,
     /// The input schema id, e.g. `v1/claim-work-request.json#` (the Queue's) or
-    /// `/schemas/object/v1/create-upload-request.json#` (the Object service's, made absolute).
+    /// `/schemas/object/v1/create-upload-request.json#` (the Object and Index services', made absolute).
     pub input: Option<String>,
     /// The output schema id.
     pub output: Option<String>,
 }
 
-/// Parse the Queue's api.json, then the Object service's.
+/// Parse the Queue's api.json, then the Object service's and the Index service's.
 pub fn load_api_entries() -> Result<Vec<ApiEntry>, SchemaError> {
     let mut entries = parse_api(&api_json_path()?, QUEUE)?;
     entries.extend(parse_api(&object_api_json_path()?, OBJECT)?);
+    entries.extend(parse_api(&index_api_json_path()?, INDEX)?);
     Ok(entries)
 }
 

@@ -1,7 +1,7 @@
-//! The HTTP face of the double: actix-web routes under `/api/queue/v1` (one per endpoint of [`ROUTES`])
-//! and `/api/object/v1` (one per endpoint of [`OBJECT_ROUTES`]) with the reply and error shapes of
-//! `libraries/api`, and the bucket's presigned-style URLs under
-//! [`BUCKET_PREFIX`](super::storage::BUCKET_PREFIX).
+//! The HTTP face of the double: actix-web routes under `/api/queue/v1` (one per endpoint of [`ROUTES`]),
+//! `/api/object/v1` (one per endpoint of [`OBJECT_ROUTES`]) and `/api/index/v1` (one per endpoint of
+//! [`INDEX_ROUTES`]) with the reply and error shapes of `libraries/api`, and the bucket's presigned-style
+//! URLs under [`BUCKET_PREFIX`](super::storage::BUCKET_PREFIX).
 
 use std::sync::Arc;
 
@@ -11,9 +11,12 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 
 use super::hawk::{Incoming, SignedRequest};
+use super::index::INDEX_PREFIX;
 use super::object::OBJECT_PREFIX;
-use super::queue::{is_wildcard, ApiError, Body, Call, Caller, Core, Fault, Reply, OBJECT_ROUTES, ROUTES};
-use super::schemas::{OBJECT, QUEUE};
+use super::queue::{
+    is_wildcard, ApiError, Body, Call, Caller, Core, Fault, Reply, INDEX_ROUTES, OBJECT_ROUTES, ROUTES,
+};
+use super::schemas::{INDEX, OBJECT, QUEUE};
 use super::state::{fmt_time, now_ms};
 use super::storage::BUCKET_PREFIX;
 
@@ -26,10 +29,10 @@ const INPUT_LIMIT: usize = 10 * 1024 * 1024;
 /// An api.json route (`/task/<taskId>`) of `endpoint` of `service` as an actix-web path
 /// (`/api/queue/v1/task/{taskId}`); wildcard parameters take the rest of the path, slashes included.
 pub fn actix_path(service: &str, endpoint: &str, route: &str) -> String {
-    let mut out = String::from(if service == OBJECT {
-        OBJECT_PREFIX
-    } else {
-        API_PREFIX
+    let mut out = String::from(match service {
+        OBJECT => OBJECT_PREFIX,
+        INDEX => INDEX_PREFIX,
+        _ => API_PREFIX,
     });
     let mut rest = route;
     while let Some(start) = rest.find('<') {
@@ -47,13 +50,34 @@ pub fn actix_path(service: &str, endpoint: &str, route: &str) -> String {
     out
 }
 
+/// An actix-web path with its parameter names left out (`/task/{}`), so that routes which differ only in
+/// the names of their parameters (the Index service's `/task/<indexPath>` and `/task/<namespace>`) share
+/// one resource: actix-web answers 405 for a method the first matching resource lacks, without trying
+/// the next.
+fn path_shape(path: &str) -> String {
+    let mut out = String::new();
+    let mut rest = path;
+    while let Some(start) = rest.find('{') {
+        let end = rest[start..].find('}').map_or(rest.len(), |e| start + e);
+        out.push_str(&rest[..start]);
+        out.push_str(if rest[start..end].contains(':') {
+            "{*}"
+        } else {
+            "{}"
+        });
+        rest = rest.get(end + 1..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Register every served endpoint and the bucket on an actix-web app.
 pub fn configure(core: Arc<Core>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(web::PayloadConfig::new(INPUT_LIMIT));
         // One resource per path, one route per method on it (PUT and GET share /task/<taskId>).
         let served: Vec<(&'static str, &'static str, &'static str, String)> =
-            [(QUEUE, ROUTES), (OBJECT, OBJECT_ROUTES)]
+            [(QUEUE, ROUTES), (OBJECT, OBJECT_ROUTES), (INDEX, INDEX_ROUTES)]
                 .into_iter()
                 .flat_map(|(service, routes)| {
                     routes.iter().map(move |(name, method, route)| {
@@ -63,11 +87,12 @@ pub fn configure(core: Arc<Core>) -> impl FnOnce(&mut web::ServiceConfig) {
                 .collect();
         let mut seen = std::collections::HashSet::new();
         for (_, _, _, path) in &served {
-            if !seen.insert(path.clone()) {
+            let shape = path_shape(path);
+            if !seen.insert(shape.clone()) {
                 continue;
             }
             let mut resource = web::resource(path.as_str());
-            for (_, name, method, _) in served.iter().filter(|(_, _, _, p)| p == path) {
+            for (_, name, method, _) in served.iter().filter(|(_, _, _, p)| path_shape(p) == shape) {
                 let method = actix_web::http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
                     .expect("api.json methods are HTTP methods");
                 let core = core.clone();
@@ -227,8 +252,13 @@ fn host_and_port(headers: &HeaderMap) -> (String, u16) {
 async fn dispatch(core: Arc<Core>, name: &'static str, req: HttpRequest, bytes: web::Bytes) -> HttpResponse {
     let entry = core.entry(name);
     let mut params = Map::new();
-    for arg in &entry.args {
-        let raw = req.match_info().get(arg).unwrap_or_default();
+    for (i, arg) in entry.args.iter().enumerate() {
+        // By name, or by position when the resource was registered with another endpoint's names.
+        let raw = req
+            .match_info()
+            .get(arg)
+            .or_else(|| req.match_info().iter().nth(i).map(|(_, v)| v))
+            .unwrap_or_default();
         // `%2F` and a raw `/` both become `/` (flatten-params.js re-joins wildcard segments).
         let decoded = percent_encoding::percent_decode_str(raw)
             .decode_utf8_lossy()
@@ -348,6 +378,20 @@ mod tests {
             actix_path(OBJECT, "download", "/download/<name>"),
             "/api/object/v1/download/{name:.*}"
         );
+        assert_eq!(
+            actix_path(INDEX, "findTask", "/task/<indexPath>"),
+            "/api/index/v1/task/{indexPath}"
+        );
+    }
+
+    #[test]
+    fn paths_differing_only_in_parameter_names_share_a_shape() {
+        assert_eq!(
+            path_shape("/api/index/v1/task/{indexPath}"),
+            path_shape("/api/index/v1/task/{namespace}")
+        );
+        assert_eq!(path_shape("/a/{name:.*}/b"), "/a/{*}/b");
+        assert_ne!(path_shape("/a/{x}"), path_shape("/a/{x:.*}"));
     }
 
     #[test]
