@@ -2549,7 +2549,7 @@ fn a_1_5_gib_upload_streams_to_disk_with_flat_memory() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The Index service.
+// The Index service, and artifacts seeded from Rust.
 
 /// A request to the Index service (`/api/index/v1<path>`).
 fn index_raw(
@@ -2662,6 +2662,176 @@ fn index_find_task_answers_entries_and_404s() {
         404,
         "ResourceNotFound",
     );
+}
+
+#[test]
+fn seeded_artifacts_download_through_the_queue_redirects() {
+    let _together = together();
+    let q = QueueDouble::start(quick());
+    let name = "public/image.tar";
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+
+    // A new task: created, run 0 completed, the artifact there.
+    let task_id = new_task_id();
+    assert_eq!(q.seed_artifact(&task_id, name, &data, "application/x-tar"), 0);
+    let status = q.status(&task_id);
+    assert_eq!(status["state"], "completed", "{status:#}");
+    assert_eq!(status["runs"].as_array().unwrap().len(), 1);
+    let listed = call(
+        &q,
+        "GET",
+        &format!("/task/{task_id}/runs/0/artifacts"),
+        None,
+        None,
+    );
+    assert_schema("list-artifacts-response.json", &listed.body);
+    assert_eq!(listed.body["artifacts"][0]["name"], name);
+    assert_eq!(listed.body["artifacts"][0]["storageType"], "object");
+    assert_eq!(listed.body["artifacts"][0]["contentType"], "application/x-tar");
+    assert_eq!(listed.body["artifacts"][0]["contentLength"], data.len());
+
+    // getLatestArtifact, anonymously: a 303 (which is no download), then the data.
+    let latest = queue_raw(
+        &q,
+        "GET",
+        &format!("/task/{task_id}/artifacts/{}", encode(name)),
+        None,
+        None,
+    );
+    assert_eq!(
+        latest.header("x-taskcluster-artifact-storage-type"),
+        Some("object")
+    );
+    assert_eq!(q.artifact_downloads(&task_id, name), 0);
+    let download = follow(&latest);
+    assert_eq!(download.status, 200, "{}", download.text());
+    assert!(download.bytes == data, "the downloaded bytes differ");
+    assert_eq!(download.header("content-type"), Some("application/x-tar"));
+    assert_eq!(q.artifact_downloads(&task_id, name), 1);
+    // A plain GET that follows the redirect, and getArtifact for run 0.
+    let plain = client()
+        .get(format!(
+            "{}/api/queue/v1/task/{task_id}/artifacts/{name}",
+            q.root_url()
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(plain.status().as_u16(), 200);
+    assert!(plain.bytes().unwrap() == data, "the downloaded bytes differ");
+    let by_run = queue_raw(&q, "GET", &artifact_url(&task_id, 0, name), None, None);
+    assert!(follow(&by_run).bytes == data, "the downloaded bytes differ");
+    assert_eq!(q.artifact_downloads(&task_id, name), 3);
+
+    // Stored as an uploaded object is: the Object service has it, with its hashes.
+    let object = q.artifact(&task_id, 0, name).unwrap()["objectName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let metadata = object_raw(
+        &q,
+        "GET",
+        &format!("/metadata/{object}"),
+        Some(&Creds::root(&q)),
+        None,
+    );
+    assert_eq!(metadata.status, 200, "{}", metadata.text());
+    assert_eq!(metadata.json()["hashes"]["sha256"], hex(&Sha256::digest(&data)));
+    assert_eq!(metadata.json()["hashes"]["sha512"], hex(&Sha512::digest(&data)));
+
+    // From a file, streamed both ways; on an existing pending task, which it completes, scheduling the
+    // task that depends on it.
+    let queue = unique_queue("seeded");
+    let producer = create(&q, &queue, json!({}));
+    let consumer = create(&q, &queue, json!({"dependencies": [producer]}));
+    assert_eq!(q.status(&consumer)["state"], "unscheduled");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.tar");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let mut hasher = Sha256::new();
+    let mut block = vec![0u8; 1 << 20];
+    for i in 0..24u8 {
+        block.iter_mut().enumerate().for_each(|(j, b)| *b = (j as u8) ^ i);
+        hasher.update(&block);
+        file.write_all(&block).unwrap();
+    }
+    drop(file);
+    let want = hex(&hasher.finalize());
+    assert_eq!(q.seed_artifact(&producer, name, &path, "application/x-tar"), 0);
+    assert_eq!(q.status(&producer)["state"], "completed");
+    assert_eq!(q.status(&consumer)["state"], "pending");
+    let mut got = client()
+        .get(format!(
+            "{}/api/queue/v1/task/{producer}/artifacts/{name}",
+            q.root_url()
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(got.status().as_u16(), 200);
+    assert_eq!(got.content_length(), Some(24 << 20));
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = got.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    assert_eq!(hex(&hasher.finalize()), want);
+    assert_eq!(q.artifact_downloads(&producer, name), 1);
+    // Seeding the name again replaces the data.
+    q.seed_artifact(&producer, name, b"replaced", "application/x-tar");
+    let again = queue_raw(&q, "GET", &artifact_url(&producer, 0, name), None, None);
+    assert_eq!(follow(&again).bytes, b"replaced");
+}
+
+#[test]
+fn seeded_private_artifacts_need_the_get_artifact_scope() {
+    let _together = together();
+    let q = QueueDouble::start(quick());
+    let task_id = new_task_id();
+    let name = "private/docker-worker/image.tar";
+    q.seed_artifact(&task_id, name, b"private image", "application/x-tar");
+    let latest = format!("/task/{task_id}/artifacts/{}", encode(name));
+
+    // Anonymous: refused. The same for credentials without the scope.
+    assert_raw_error(
+        &queue_raw(&q, "GET", &latest, None, None),
+        403,
+        "InsufficientScopes",
+    );
+    let root = Creds::root(&q);
+    let now = chrono::Utc::now().timestamp_millis();
+    let wrong = temp_creds(
+        &root,
+        "reader/wrong",
+        &["queue:get-artifact:private/other/*"],
+        now,
+        now + 60_000,
+    );
+    assert_raw_error(
+        &queue_raw(&q, "GET", &latest, Some(&wrong), None),
+        403,
+        "InsufficientScopes",
+    );
+    assert_eq!(q.artifact_downloads(&task_id, name), 0);
+
+    // Temporary credentials with the scope.
+    let scope = format!("queue:get-artifact:{name}");
+    let temporary = temp_creds(&root, "reader/temporary", &[&scope], now, now + 60_000);
+    let got = queue_raw(&q, "GET", &latest, Some(&temporary), None);
+    assert_eq!(follow(&got).bytes, b"private image");
+    // A permanent client with a wildcard scope, through getArtifact.
+    q.add_client("reader", "tok", ["queue:get-artifact:private/docker-worker/*"]);
+    let got = queue_raw(
+        &q,
+        "GET",
+        &artifact_url(&task_id, 0, &encode(name)),
+        Some(&Creds::new("reader", "tok")),
+        None,
+    );
+    assert_eq!(follow(&got).bytes, b"private image");
+    assert_eq!(q.artifact_downloads(&task_id, name), 2);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -22,10 +22,15 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::hawk;
-use super::object::blob_key as object_blob_key;
-use super::queue::{params_of, parse_time, ApiError, Body, Call, Core, Reply, ISSUER_CLIENT_ID};
-use super::state::{fmt_time, Artifact, RunState};
+use super::object::{blob_key as object_blob_key, StoredObject};
+use super::queue::{check_param, params_of, parse_time, ApiError, Body, Call, Core, Reply, ISSUER_CLIENT_ID};
+use super::state::{fmt_time, now_ms, Artifact, RunEvent, RunState};
 use super::storage::{Blob, GET_URL_VALIDITY, PUT_URL_VALIDITY};
+
+/// The task queue of the tasks [`Core::seed_artifact`] creates.
+pub const SEED_TASK_QUEUE: &str = "docker-worker-test/seeded";
+/// The worker that "ran" the runs [`Core::seed_artifact`] completes.
+const SEED_WORKER: (&str, &str) = ("queue-double", "seed");
 
 /// The buckets `s3` artifacts go to, by whether their name starts with `public/`.
 const PUBLIC_BUCKET: &str = "queue-double-public-artifacts";
@@ -564,6 +569,128 @@ impl Core {
     /// The stored data of an artifact (following links).
     pub fn artifact_blob(&self, task_id: &str, run_id: usize, name: &str) -> Option<Blob> {
         self.storage.blob(&self.artifact_blob_key(task_id, run_id, name)?)
+    }
+
+    /// How many times the data of artifact `name` of any run of `task_id` was downloaded: GETs of the
+    /// URLs `getArtifact`, `getLatestArtifact` or the Object service redirect to, answered with the data.
+    pub fn artifact_downloads(&self, task_id: &str, name: &str) -> usize {
+        let runs = self.lock().tasks.get(task_id).map_or(0, |t| t.runs.len());
+        let keys: std::collections::BTreeSet<String> = (0..runs)
+            .filter_map(|r| self.artifact_blob_key(task_id, r, name))
+            .collect();
+        keys.iter().map(|k| self.storage.downloads(k)).sum()
+    }
+
+    /// The run [`Core::seed_artifact`] puts artifacts on: a new task's run 0, completed (the task is
+    /// created on [`SEED_TASK_QUEUE`] if it does not exist); for an existing task, its latest run, claimed
+    /// and completed first if it is pending (scheduled first if the task has no run yet). A run that is
+    /// running or resolved stays as it is. Dependents of a completed task are scheduled, as by the Queue.
+    fn seed_run(&self, task_id: &str) -> Result<usize, ApiError> {
+        if !self.lock().tasks.contains_key(task_id) {
+            let definition = super::task_definition(SEED_TASK_QUEUE, json!({}));
+            self.internal_call("createTask", &[("taskId", task_id)], definition)?;
+        }
+        let now = now_ms();
+        let taken_until = now + chrono::Duration::from_std(self.timing.claim_timeout).unwrap_or_default();
+        self.mutate(|store| {
+            let mut changed = false;
+            if store.tasks.get(task_id).is_some_and(|t| t.runs.is_empty()) {
+                changed |= store.schedule(task_id, now);
+            }
+            let Some(run_id) = store.tasks.get(task_id).and_then(|t| t.runs.len().checked_sub(1)) else {
+                return (
+                    Err(ApiError::internal(format!("task {task_id} has no run"))),
+                    changed,
+                );
+            };
+            if store.tasks[task_id].runs[run_id].state == RunState::Pending {
+                let claim = RunEvent::Claim {
+                    worker_group: SEED_WORKER.0.to_string(),
+                    worker_id: SEED_WORKER.1.to_string(),
+                    taken_until,
+                };
+                let complete = RunEvent::Resolve {
+                    state: RunState::Completed,
+                    reason: RunState::Completed.as_str().to_string(),
+                };
+                let done = store.apply_latest(task_id, run_id, claim, now).is_ok()
+                    && store.apply_latest(task_id, run_id, complete, now).is_ok();
+                if !done {
+                    return (
+                        Err(ApiError::internal(format!(
+                            "run {run_id} of {task_id} could not be completed"
+                        ))),
+                        true,
+                    );
+                }
+                store.schedule_ready_dependents(now);
+                changed = true;
+            }
+            (Ok(run_id), changed)
+        })
+    }
+
+    /// Give `task_id` a finished `object` artifact `name` holding what `data` yields (read to its end,
+    /// chunk by chunk, onto disk), stored as a worker's upload would be: the Object service knows the
+    /// object (with its SHA-256 and SHA-512), and `getArtifact` and `getLatestArtifact` redirect to a
+    /// download URL the double serves. The run is chosen by `seed_run`; an artifact of the same name on
+    /// it is replaced. It expires with the task. Returns the run id.
+    pub fn seed_artifact(
+        &self,
+        task_id: &str,
+        name: &str,
+        data: impl std::io::Read,
+        content_type: &str,
+    ) -> Result<usize, ApiError> {
+        check_param("taskId", task_id).map_err(|m| ApiError::new("InvalidRequestArguments", m))?;
+        check_param("name", name).map_err(|m| ApiError::new("InvalidRequestArguments", m))?;
+        let run_id = self.seed_run(task_id)?;
+        let (project_id, expires) = {
+            let store = self.lock();
+            let task = &store.tasks[task_id];
+            (
+                task.project_id().to_string(),
+                task.expires().unwrap_or_else(now_ms),
+            )
+        };
+        let object = object_name(task_id, run_id, name);
+        let blob = self
+            .storage
+            .store_from(&object_blob_key(&object), data, Some(content_type))
+            .map_err(|e| ApiError::internal(format!("the queue double could not store {name}: {e}")))?;
+        let hashes = [("sha256", blob.sha256), ("sha512", blob.sha512)]
+            .into_iter()
+            .filter_map(|(algo, hash)| Some((algo.to_string(), hash?)))
+            .collect();
+        self.objects
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .objects
+            .insert(
+                object,
+                StoredObject {
+                    project_id,
+                    upload_id: None,
+                    upload_expires: None,
+                    expires,
+                    hashes,
+                },
+            );
+        let artifact = Artifact {
+            storage_type: "object".into(),
+            content_type: content_type.to_string(),
+            details: json!({}),
+            present: true,
+            expires,
+            content_length: Some(blob.len),
+        };
+        self.mutate(|store| {
+            store
+                .artifacts
+                .insert((task_id.to_string(), run_id, name.to_string()), artifact);
+            ((), true)
+        });
+        Ok(run_id)
     }
 
     /// An artifact with everything the double knows about it, for the Rust API.

@@ -15,7 +15,9 @@
 //! the recommended anonymous role that concern it (`queue:get-task:*`, `queue:status:*`,
 //! `queue:get-artifact:public/*`, `queue:list-artifacts:*`, `index:find-task:*`).
 //!
-//! Tests can seed the index: [`QueueDouble::index_task`] indexes a task under a namespace.
+//! Tests can seed what a worker finds there: [`QueueDouble::seed_artifact`] gives a task a completed run
+//! with a finished artifact (from bytes or a file, streamed from disk on download), and
+//! [`QueueDouble::index_task`] indexes a task under a namespace.
 //!
 //! ```no_run
 //! use docker_worker_integration::queue_double::{new_task_id, task_definition, Options, QueueDouble};
@@ -39,7 +41,7 @@ pub mod storage;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -50,6 +52,46 @@ pub use queue::{ApiError, Fault, INDEX_ROUTES, OBJECT_ROUTES, ROUTES};
 use queue::{Core, Timing};
 use state::{fmt_time, now_ms};
 use storage::UploadFault;
+
+/// Where [`QueueDouble::seed_artifact`] takes an artifact's data from: bytes, or a file (copied to the
+/// double's storage chunk by chunk, so a big one is never held in memory).
+#[derive(Debug, Clone, Copy)]
+pub enum ArtifactData<'a> {
+    /// These bytes.
+    Bytes(&'a [u8]),
+    /// The contents of this file.
+    File(&'a Path),
+}
+
+impl<'a> From<&'a [u8]> for ArtifactData<'a> {
+    fn from(bytes: &'a [u8]) -> ArtifactData<'a> {
+        ArtifactData::Bytes(bytes)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [u8; N]> for ArtifactData<'a> {
+    fn from(bytes: &'a [u8; N]) -> ArtifactData<'a> {
+        ArtifactData::Bytes(bytes)
+    }
+}
+
+impl<'a> From<&'a Vec<u8>> for ArtifactData<'a> {
+    fn from(bytes: &'a Vec<u8>) -> ArtifactData<'a> {
+        ArtifactData::Bytes(bytes)
+    }
+}
+
+impl<'a> From<&'a Path> for ArtifactData<'a> {
+    fn from(path: &'a Path) -> ArtifactData<'a> {
+        ArtifactData::File(path)
+    }
+}
+
+impl<'a> From<&'a PathBuf> for ArtifactData<'a> {
+    fn from(path: &'a PathBuf) -> ArtifactData<'a> {
+        ArtifactData::File(path)
+    }
+}
 
 /// How the double behaves.
 #[derive(Debug, Clone)]
@@ -354,6 +396,46 @@ impl QueueDouble {
     /// temporary directory until the double is dropped or another upload replaces it.
     pub fn artifact_path(&self, task_id: &str, run_id: usize, name: &str) -> Option<PathBuf> {
         self.core.artifact_blob(task_id, run_id, name).map(|b| b.path)
+    }
+
+    /// Give `task_id` a finished artifact `name` with this data and content type, as if a worker had
+    /// uploaded it: `getLatestArtifact` and `getArtifact` answer 303 to a download URL the double serves
+    /// (streamed from disk; names outside `public/` need `queue:get-artifact:<name>`, as with the Queue).
+    /// A task that does not exist is created on `docker-worker-test/seeded` with run 0 completed; an
+    /// existing task's pending run is claimed and completed first, any other latest run is used as it is.
+    /// Returns the run id. Panics if it cannot (a bad name, an unreadable file).
+    ///
+    /// ```no_run
+    /// # use docker_worker_integration::queue_double::{new_task_id, Options, QueueDouble};
+    /// # let queue = QueueDouble::start(Options::default());
+    /// let image_task = new_task_id();
+    /// let image = std::path::Path::new("/tmp/image.tar");
+    /// queue.seed_artifact(&image_task, "public/image.tar", image, "application/x-tar");
+    /// queue.index_task("docker-worker.test.image", &image_task);
+    /// ```
+    pub fn seed_artifact<'a>(
+        &self,
+        task_id: &str,
+        name: &str,
+        data: impl Into<ArtifactData<'a>>,
+        content_type: &str,
+    ) -> usize {
+        let result = match data.into() {
+            ArtifactData::Bytes(bytes) => self.core.seed_artifact(task_id, name, bytes, content_type),
+            ArtifactData::File(path) => {
+                let file = std::fs::File::open(path)
+                    .unwrap_or_else(|e| panic!("seed_artifact {name}: {}: {e}", path.display()));
+                self.core.seed_artifact(task_id, name, file, content_type)
+            }
+        };
+        result.unwrap_or_else(|e| panic!("seed_artifact {task_id} {name} failed: {e}"))
+    }
+
+    /// How many times the data of artifact `name` (of any run of `task_id`) was downloaded: GETs of the
+    /// download URLs the double redirects to, answered with the data. The redirects themselves do not
+    /// count.
+    pub fn artifact_downloads(&self, task_id: &str, name: &str) -> usize {
+        self.core.artifact_downloads(task_id, name)
     }
 
     /// Index `task_id` under `namespace` (an index path such as `a.b.c`) with rank 0 and no data, until

@@ -93,6 +93,8 @@ struct State {
     blobs: HashMap<String, Blob>,
     grants: HashMap<String, Grant>,
     faults: VecDeque<UploadFault>,
+    /// GETs answered with the blob, by key.
+    downloads: HashMap<String, usize>,
 }
 
 /// The bucket.
@@ -240,20 +242,60 @@ impl Storage {
 
     /// Store a small blob given whole (the Object service's `dataInline`), with its hashes.
     pub fn store(&self, key: &str, data: &[u8], content_type: Option<&str>) -> std::io::Result<()> {
+        self.store_from(key, data, content_type).map(drop)
+    }
+
+    /// Store a blob read from `source` to its end, chunk by chunk (never whole in memory), with its
+    /// hashes. Blocking: not for use inside a request handler.
+    pub fn store_from(
+        &self,
+        key: &str,
+        mut source: impl std::io::Read,
+        content_type: Option<&str>,
+    ) -> std::io::Result<Blob> {
         let path = self.new_file();
-        std::fs::write(&path, data)?;
-        self.commit(
-            key,
-            Blob {
-                path,
-                len: data.len() as u64,
+        let written = (|| {
+            let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+            let (mut sha256, mut sha512) = (Sha256::new(), Sha512::new());
+            let mut buf = vec![0u8; WRITE_BATCH];
+            let mut len = 0u64;
+            loop {
+                let n = match source.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                sha256.update(&buf[..n]);
+                sha512.update(&buf[..n]);
+                std::io::Write::write_all(&mut file, &buf[..n])?;
+                len += n as u64;
+            }
+            std::io::Write::flush(&mut file)?;
+            Ok(Blob {
+                path: path.clone(),
+                len,
                 content_type: content_type.map(str::to_string),
                 content_encoding: None,
-                sha256: Some(hex(&Sha256::digest(data))),
-                sha512: Some(hex(&Sha512::digest(data))),
-            },
-        );
-        Ok(())
+                sha256: Some(hex(&sha256.finalize())),
+                sha512: Some(hex(&sha512.finalize())),
+            })
+        })();
+        match written {
+            Ok(blob) => {
+                self.commit(key, blob.clone());
+                Ok(blob)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+
+    /// How many GETs of a download URL for `key` were answered with the blob.
+    pub fn downloads(&self, key: &str) -> usize {
+        self.lock().downloads.get(key).copied().unwrap_or(0)
     }
 
     /// Forget every blob and remove the directory (the double is going away).
@@ -455,6 +497,7 @@ impl Storage {
         let Ok(file) = tokio::fs::File::open(&blob.path).await else {
             return missing();
         };
+        *self.lock().downloads.entry(key).or_default() += 1;
         let body = futures_util::stream::unfold(Some(file), |file| async move {
             let mut file = file?;
             let mut buf = vec![0u8; DOWNLOAD_CHUNK];
@@ -480,6 +523,7 @@ impl Storage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn stored_blobs_replace_earlier_ones_and_keep_their_hashes() {
@@ -496,6 +540,15 @@ mod tests {
             Some("a97b629a5b1da759586c3353a9bc284bf673970d8eca56e11e556b715c329614")
         );
         assert_eq!(second.sha512.as_deref().map(str::len), Some(128));
+        let streamed = storage
+            .store_from("k2", std::io::repeat(7).take(3 << 20), None)
+            .unwrap();
+        assert_eq!(streamed.len, 3 << 20);
+        assert_eq!(std::fs::metadata(&streamed.path).unwrap().len(), 3 << 20);
+        assert_eq!(
+            streamed.sha256.as_deref(),
+            Some(hex(&Sha256::digest(vec![7u8; 3 << 20])).as_str())
+        );
     }
 
     #[test]
