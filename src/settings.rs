@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use docker_worker_actors::images::reference::RegistryCredentials;
 use docker_worker_actors::images::{GcPolicy, ImageSettings, PullPolicy};
@@ -202,11 +202,17 @@ impl Settings {
         if let Some(file) = sources.file {
             builder = builder.add_source(File::from(file).required(true));
         }
+        // Only DOCKER_WORKER_<SECTION>__<KEY> variables are settings; others that merely share the prefix
+        // (DOCKER_WORKER_VERSION, say) are none of the worker's business.
+        let settings_vars: HashMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.strip_prefix("DOCKER_WORKER_").is_some_and(|rest| rest.contains("__")))
+            .collect();
         builder = builder.add_source(
             Environment::with_prefix("DOCKER_WORKER")
                 .prefix_separator("_")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(settings_vars)),
         );
         for item in sources.overrides {
             let (key, value) = item
