@@ -22,12 +22,24 @@ pub struct Daemon {
     child: Child,
     events: Arc<Mutex<Vec<Value>>>,
     arrived: mpsc::Receiver<()>,
+    _config: Option<tempfile::TempDir>,
 }
 
 impl Daemon {
     /// Start `binary` against the double, with extra `--set` overrides.
     pub fn start(binary: &str, double: &QueueDouble, overrides: &[&str]) -> Daemon {
+        Daemon::start_with_config(binary, double, "", overrides)
+    }
+
+    /// Start `binary` with a `--config` file holding `toml` (for settings `--set` can't express, such as
+    /// `registries` keyed by `host:port/`), and extra `--set` overrides.
+    pub fn start_with_config(binary: &str, double: &QueueDouble, toml: &str, overrides: &[&str]) -> Daemon {
         require_docker();
+        let config = (!toml.is_empty()).then(|| {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            std::fs::write(dir.path().join("worker.toml"), toml).expect("the config file is written");
+            dir
+        });
         let worker_id = test_task_id("w");
         let (client_id, token) = (format!("worker/{worker_id}"), "worker-secret-token".to_string());
         double.add_client(
@@ -40,6 +52,9 @@ impl Daemon {
         );
         let mut cmd = Command::new(binary);
         cmd.args(["start", "--profile", "test"]);
+        if let Some(dir) = &config {
+            cmd.arg("--config").arg(dir.path().join("worker.toml"));
+        }
         let settings = [
             format!("worker.root_url={}", double.root_url()),
             format!("queue.client_id={client_id}"),
@@ -82,6 +97,7 @@ impl Daemon {
             child,
             events,
             arrived,
+            _config: config,
         };
         daemon.wait_for_event("start", |_| true, Duration::from_secs(30));
         daemon
