@@ -655,7 +655,8 @@ impl Run {
         match result {
             Ok(Ok(ready)) => {
                 self.event(TaskEvent::ImageReady);
-                info!(self.logger, "image ready"; "image" => &image, "id" => &ready.id, "fetched" => ready.fetched);
+                info!(self.logger, "image ready"; "image" => &image, "id" => &ready.id, "fetched" => ready.fetched,
+                      "artifactSha256" => ready.artifact_sha256.as_deref().unwrap_or(""));
                 self.image_artifact_sha256 = ready.artifact_sha256.clone();
                 let name = ready.name.clone();
                 self.image_lease = ready.lease;
