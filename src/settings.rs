@@ -205,7 +205,10 @@ impl Settings {
         // Only DOCKER_WORKER_<SECTION>__<KEY> variables are settings; others that merely share the prefix
         // (DOCKER_WORKER_VERSION, say) are none of the worker's business.
         let settings_vars: HashMap<String, String> = std::env::vars()
-            .filter(|(k, _)| k.strip_prefix("DOCKER_WORKER_").is_some_and(|rest| rest.contains("__")))
+            .filter(|(k, _)| {
+                k.strip_prefix("DOCKER_WORKER_")
+                    .is_some_and(|rest| rest.contains("__"))
+            })
             .collect();
         builder = builder.add_source(
             Environment::with_prefix("DOCKER_WORKER")

@@ -516,3 +516,74 @@ fn indexed_images_public_and_private_with_and_without_the_scope() {
     );
     assert_eq!(double.artifact_downloads(&producer, private), 1);
 }
+
+#[test]
+fn different_images_are_fetched_at_most_max_parallel_fetches_at_a_time() {
+    let registry = Registry::from_env();
+    let first = registry.push_unique_image("limit-a", 8 << 20);
+    let second = registry.push_unique_image("limit-b", 8 << 20);
+    let _cleanup = LocalImages(vec![first.clone(), second.clone()]);
+    let double = QueueDouble::start(Options::default());
+    let scope = format!("docker-worker:image:{}/*", registry.host());
+    let tasks: Vec<String> = [&first, &second]
+        .iter()
+        .map(|image| create_scoped(&double, payload_on(json!(image), "true"), &[&scope]))
+        .collect();
+    let toml = registries_toml(&registry, registry.password());
+    let pushed = registry.requests().len();
+    let _daemon = Daemon::start_with_config(
+        BIN,
+        &double,
+        &toml,
+        &["worker.capacity=2", "images.max_parallel_fetches=1"],
+    );
+    for task in &tasks {
+        assert_resolved(&double, task, ("completed", "completed"));
+    }
+    // With one fetch at a time, every request of one pull is answered before the other pull's first.
+    let order: Vec<usize> = registry
+        .requests()
+        .iter()
+        .skip(pushed)
+        .filter_map(|r| {
+            let of = |image: &str| {
+                r.path
+                    .starts_with(&format!("/v2/{}/", registry.repository(image)))
+            };
+            if of(&first) {
+                Some(0)
+            } else if of(&second) {
+                Some(1)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let switches = order.windows(2).filter(|w| w[0] != w[1]).count();
+    assert_eq!(switches, 1, "the pulls did not overlap: {order:?}");
+}
+
+#[test]
+fn images_no_task_used_for_the_expiry_time_are_removed() {
+    let registry = Registry::from_env();
+    let image = registry.push_unique_image("gc-expired", 0);
+    let _cleanup = LocalImages(vec![image.clone()]);
+    let double = QueueDouble::start(Options::default());
+    let toml = registries_toml(&registry, registry.password());
+    let mut daemon = Daemon::start_with_config(
+        BIN,
+        &double,
+        &toml,
+        &["images.gc_interval_seconds=1", "images.expiry_seconds=2"],
+    );
+    let scope = format!("docker-worker:image:{}/*", registry.host());
+    let task = create_scoped(&double, payload_on(json!(image), "true"), &[&scope]);
+    assert_resolved(&double, &task, ("completed", "completed"));
+    let removed = daemon.wait_for_event(
+        "image removed",
+        |e| e["image"] == image.as_str(),
+        Duration::from_secs(30),
+    );
+    assert_eq!(removed["reason"], "expired");
+    assert!(!has_local(&image));
+}
