@@ -587,3 +587,58 @@ fn images_no_task_used_for_the_expiry_time_are_removed() {
     assert_eq!(removed["reason"], "expired");
     assert!(!has_local(&image));
 }
+
+#[test]
+fn docker_worker_run_pulls_with_credentials_and_loads_task_images() {
+    let registry = Registry::from_env();
+    let pulled = registry.push_unique_image("run", 0);
+    let dir = tempfile::tempdir().unwrap();
+    let (own_tag, id) = saved_image(dir.path());
+    let double = QueueDouble::start(Options::default());
+    let producer = QueueDouble::new_task_id();
+    double.seed_artifact(
+        &producer,
+        "public/image.tar.zst",
+        &dir.path().join("image.tar.zst"),
+        "application/zstd",
+    );
+    let _cleanup = LocalImages(vec![
+        pulled.clone(),
+        own_tag,
+        format!("{}:latest", local_image_name(&producer, "public/image.tar.zst")),
+    ]);
+    let config = dir.path().join("worker.toml");
+    std::fs::write(&config, registries_toml(&registry, registry.password())).unwrap();
+
+    let run = |task: Value| {
+        let runner = Runner::new(BIN, "run-image");
+        let mut cmd = runner.command(&task);
+        cmd.arg("--config")
+            .arg(&config)
+            .args(["--set", &format!("worker.root_url={}", double.root_url())]);
+        let out = cmd.output().expect("docker-worker run runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, stdout) = run(json!({
+        "scopes": [format!("docker-worker:image:{pulled}")],
+        "payload": payload_on(json!(pulled), "echo ran-on-pulled-image"),
+    }));
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains(" - Downloaded in ") && stdout.contains("ran-on-pulled-image"),
+        "{stdout}"
+    );
+    let (code, stdout) = run(json!({
+        "scopes": [],
+        "payload": payload_on(json!(pulled), "echo never"),
+    }));
+    assert_eq!(code, Some(1), "a missing scope fails the task: {stdout}");
+    assert!(stdout.contains("Not authorized to use"), "{stdout}");
+    let image = json!({"type": "task-image", "taskId": producer, "path": "public/image.tar.zst"});
+    let (code, stdout) = run(json!(payload_on(image, "cat /image-id")));
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains(&format!("{id}\r\n")), "{stdout}");
+}
