@@ -4,6 +4,7 @@
 //! Tests that need Docker fail when it is missing; they never skip. Run `integration/setup.sh` first.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod daemon;
 pub mod queue_double;
 pub mod registry;
