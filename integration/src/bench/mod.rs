@@ -13,6 +13,7 @@
 pub mod chart;
 pub mod engine;
 pub mod images;
+pub mod local_registry;
 pub mod logs;
 pub mod report;
 pub mod stats;
@@ -317,6 +318,8 @@ pub struct Sizes {
     pub cancel_rounds: usize,
     /// Figure 7: rounds.
     pub image_rounds: usize,
+    /// Figure 7: the random bytes in the image's own layer.
+    pub image_bytes: usize,
 }
 
 impl Sizes {
@@ -334,6 +337,7 @@ impl Sizes {
         upload_bytes: 1 << 30,
         cancel_rounds: 5,
         image_rounds: 3,
+        image_bytes: 64 << 20,
     };
 
     /// A few rounds of small sizes, so CI runs every figure's code in a minute or two.
@@ -350,6 +354,7 @@ impl Sizes {
         upload_bytes: 64 << 20,
         cancel_rounds: 1,
         image_rounds: 1,
+        image_bytes: 8 << 20,
     };
 }
 
@@ -364,6 +369,8 @@ pub struct Options {
     pub only: Vec<u8>,
     /// The results folder.
     pub out: PathBuf,
+    /// Why there is no registry for figure 7, when there is none.
+    pub registry_missing: Option<String>,
 }
 
 impl Options {

@@ -37,6 +37,19 @@ impl Worker {
         capacity: usize,
         overrides: &[String],
     ) -> Result<Worker, BenchError> {
+        Worker::start_with_config(binary, double, log, capacity, "", overrides)
+    }
+
+    /// [`Worker::start`] with a `--config` file holding `toml` (for settings `--set` can't express, such as
+    /// `registries` keyed by `host:port/`), written beside the log.
+    pub fn start_with_config(
+        binary: &Path,
+        double: &QueueDouble,
+        log: &Path,
+        capacity: usize,
+        toml: &str,
+        overrides: &[String],
+    ) -> Result<Worker, BenchError> {
         let short: String = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let worker_id = format!("bench-{short}");
         // The worker type part must start with a letter.
@@ -64,6 +77,11 @@ impl Worker {
         ];
         let mut cmd = Command::new(binary);
         cmd.args(["start", "--profile", "production"]);
+        if !toml.is_empty() {
+            let config = log.with_extension("toml");
+            std::fs::write(&config, toml).map_err(|e| BenchError::Io(config.display().to_string(), e))?;
+            cmd.arg("--config").arg(&config);
+        }
         for s in settings.iter().chain(overrides) {
             cmd.args(["--set", s]);
         }
@@ -151,6 +169,15 @@ impl Worker {
     pub fn create(&self, double: &QueueDouble, payload: Value) -> String {
         let task_id = new_task_id();
         double.create_task(&task_id, task_definition(&self.task_queue, payload));
+        task_id
+    }
+
+    /// Create a task holding `scopes` on this worker's queue; its id.
+    pub fn create_scoped(&self, double: &QueueDouble, payload: Value, scopes: &[String]) -> String {
+        let task_id = new_task_id();
+        let mut definition = task_definition(&self.task_queue, payload);
+        definition["scopes"] = serde_json::json!(scopes);
+        double.create_task(&task_id, definition);
         task_id
     }
 

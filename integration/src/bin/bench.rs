@@ -9,6 +9,8 @@
 use std::path::PathBuf;
 
 use docker_worker_integration::bench::engine::Engine;
+use docker_worker_integration::bench::images;
+use docker_worker_integration::bench::local_registry::LocalRegistry;
 use docker_worker_integration::bench::report::{self, Machine};
 use docker_worker_integration::bench::{chart, run, Options};
 use docker_worker_integration::require_docker;
@@ -70,11 +72,33 @@ fn parse_args() -> Options {
         quick,
         only,
         out,
+        registry_missing: None,
     }
 }
 
 fn main() {
-    let options = parse_args();
+    let mut options = parse_args();
+    // Figure 7 needs a registry: the one integration/test.sh publishes, or one of our own. Its variables are
+    // set here, before any other thread exists.
+    let given = std::env::var_os(images::REGISTRY_ENV).is_some();
+    let wanted = options.only.is_empty() || options.only.contains(&7);
+    let _registry = if given || !wanted {
+        None
+    } else {
+        match LocalRegistry::start() {
+            Ok(registry) => {
+                for (key, value) in registry.env() {
+                    std::env::set_var(key, value);
+                }
+                eprintln!("bench: a registry of its own in {}", registry.dir().display());
+                Some(registry)
+            }
+            Err(why) => {
+                options.registry_missing = Some(why);
+                None
+            }
+        }
+    };
     if std::panic::catch_unwind(require_docker).is_err() {
         eprintln!("bench: Docker or the fixture image is missing (see above); run integration/setup.sh");
         std::process::exit(3);
