@@ -214,7 +214,7 @@ fn two_tasks_starting_together_share_one_pull() {
         .collect();
     let started = Instant::now();
     let toml = registries_toml(&registry, registry.password());
-    let mut daemon = Daemon::start_with_config(BIN, &double, &toml, &["worker.capacity=2"]);
+    let daemon = Daemon::start_with_config(BIN, &double, &toml, &["worker.capacity=2"]);
     let logs: Vec<String> = tasks
         .iter()
         .map(|t| assert_resolved(&double, t, ("completed", "completed")))
