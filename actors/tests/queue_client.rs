@@ -934,6 +934,35 @@ async fn status_is_signed_when_the_anonymous_read_is_refused() {
 }
 
 #[actix_rt::test]
+async fn find_task_asks_the_index_anonymously_then_signed_by_the_task() {
+    let server = Server::start(|req, _| match req.header("authorization") {
+        None => queue_error(403, "InsufficientScopes", "anonymous may not"),
+        Some(_) => ok(json!({
+            "namespace": "a.b/c", "taskId": TASK_ID, "rank": 0, "data": {},
+            "expires": "2030-01-01T00:00:00.000Z",
+        })),
+    })
+    .await;
+    let client = server.client(quick_retry(3), Captured::default().logger());
+    let found = client
+        .find_task("a.b/c", Some(&temporary_credentials()))
+        .await
+        .expect("the signed call works");
+    assert_eq!(found, TASK_ID);
+    let seen = server.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].target, "/api/index/v1/task/a.b%2Fc");
+    assert!(seen[0].header("authorization").is_none());
+    seen[1].assert_signed_by(&temporary_credentials(), server.port());
+    // Without credentials the refusal stands.
+    let err = client.find_task("a.b", None).await.unwrap_err();
+    assert!(
+        matches!(err, QueueError::Unauthorized { status: 403, .. }),
+        "{err:?}"
+    );
+}
+
+#[actix_rt::test]
 async fn the_actor_runs_calls_concurrently() {
     // A claimWork long-poll is held open while a reclaim goes through.
     let release = Arc::new(Notify::new());

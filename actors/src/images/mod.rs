@@ -427,7 +427,7 @@ async fn ensure(inner: Arc<Inner>, msg: EnsureImage) -> Result<ImageReady, Image
             )?;
             let queue = queue_of(&inner)?;
             let task_id = queue
-                .find_task(namespace)
+                .find_task(namespace, msg.credentials.as_ref())
                 .await
                 .map_err(|e| ImageError::Artifact {
                     image: namespace.clone(),

@@ -524,24 +524,40 @@ impl QueueClient {
         }
     }
 
-    /// The index's `findTask`: the task id a namespace points at. Anonymous, as the index needs no
-    /// scope for it; retried on transient errors.
-    pub async fn find_task(&self, namespace: &str) -> Result<String, QueueError> {
+    /// The index's `findTask`: the task id a namespace points at. Asked anonymously first, as
+    /// deployments grant `index:find-task:*` to everyone; signed with `credentials` (the task's) if that
+    /// is refused. Retried on transient errors.
+    pub async fn find_task(
+        &self,
+        namespace: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<String, QueueError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Found {
             task_id: String,
         }
-        let call = Call {
+        let url = self.service_url("index", &format!("task/{}", encode_segment(namespace)))?;
+        let call = |credentials| Call {
             endpoint: "findTask",
             method: Method::GET,
-            url: self.service_url("index", &format!("task/{}", encode_segment(namespace)))?,
+            url: url.clone(),
             body: None,
-            credentials: None,
+            credentials,
             timeout: self.timeouts.call,
             retry: true,
         };
-        let answer = self.execute(call).await.map_err(|f| f.error)?;
+        let answer = match (self.execute(call(None)).await, credentials) {
+            (
+                Err(Failure {
+                    error: QueueError::Unauthorized { .. },
+                    ..
+                }),
+                Some(credentials),
+            ) => self.execute(call(Some(credentials))).await,
+            (other, _) => other,
+        }
+        .map_err(|f| f.error)?;
         serde_json::from_slice::<Found>(&answer)
             .map(|f| f.task_id)
             .map_err(|e| self.unreadable("findTask", e.to_string()))
