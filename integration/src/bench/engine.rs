@@ -171,6 +171,30 @@ impl Engine {
         })
     }
 
+    /// Run `sh -c script` to its end and keep the stopped container (for its files); its id. The caller
+    /// removes it ([`Engine::remove_all`]).
+    pub fn run_kept(&self, image: &str, script: &str) -> Result<String, BenchError> {
+        let docker = &self.docker;
+        self.rt.block_on(async {
+            let id = docker
+                .create_container(None, body(image, &["/bin/sh", "-c", script], false))
+                .await?
+                .id;
+            let ran = async {
+                docker.start_container(&id, None).await?;
+                wait(docker, &id).await
+            }
+            .await;
+            match ran {
+                Ok(0) => Ok(id),
+                other => {
+                    let _ = remove(docker, &id).await;
+                    Err(BenchError::Broken(format!("raw container ended {other:?}")))
+                }
+            }
+        })
+    }
+
     /// Ids of the containers, running or not, with this label (`key=value`).
     pub fn containers_labelled(&self, label: &str) -> Result<Vec<String>, BenchError> {
         let filters = HashMap::from([("label", vec![label])]);
