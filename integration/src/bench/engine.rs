@@ -18,13 +18,15 @@ use tokio::runtime::Runtime;
 
 use super::BenchError;
 
-/// The label every raw container carries, so a run can find and remove what it left.
+/// The label every raw container carries, its value the run's id, so a run can find and remove what it
+/// left without touching another run's.
 pub const RAW_LABEL: &str = "docker-worker-bench.raw";
 
 /// A connection to the engine with a runtime of its own; its methods block.
 pub struct Engine {
     rt: Runtime,
     docker: Docker,
+    run: String,
     /// The engine's version, e.g. `20.10.24+dfsg1`.
     pub version: String,
 }
@@ -65,14 +67,21 @@ async fn remove(docker: &Docker, id: &str) -> Result<(), BenchError> {
         .force(true)
         .v(true)
         .build();
-    Ok(docker.remove_container(id, Some(options)).await?)
+    match docker.remove_container(id, Some(options)).await {
+        // Gone, or being removed already: what a removal wants.
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404 | 409,
+            ..
+        }) => Ok(()),
+        other => Ok(other?),
+    }
 }
 
-fn body(image: &str, cmd: &[&str], tty: bool) -> ContainerCreateBody {
+fn body(run: &str, image: &str, cmd: &[&str], tty: bool) -> ContainerCreateBody {
     ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: Some(cmd.iter().map(|s| s.to_string()).collect()),
-        labels: Some(HashMap::from([(RAW_LABEL.to_string(), "1".to_string())])),
+        labels: Some(HashMap::from([(RAW_LABEL.to_string(), run.to_string())])),
         tty: Some(tty),
         attach_stdout: Some(tty),
         attach_stderr: Some(tty),
@@ -81,9 +90,12 @@ fn body(image: &str, cmd: &[&str], tty: bool) -> ContainerCreateBody {
 }
 
 /// create → start → wait → remove: what a client of the engine does at the least to run a command.
-async fn run_sequence(docker: &Docker, image: &str, cmd: &[&str]) -> Result<Duration, BenchError> {
+async fn run_sequence(docker: &Docker, run: &str, image: &str, cmd: &[&str]) -> Result<Duration, BenchError> {
     let started = Instant::now();
-    let id = docker.create_container(None, body(image, cmd, false)).await?.id;
+    let id = docker
+        .create_container(None, body(run, image, cmd, false))
+        .await?
+        .id;
     let ran = async {
         docker.start_container(&id, None).await?;
         wait(docker, &id).await
@@ -102,12 +114,18 @@ impl Engine {
         let rt = runtime();
         let docker = rt.block_on(connect())?;
         let version = rt.block_on(docker.version())?.version.unwrap_or_default();
-        Ok(Engine { rt, docker, version })
+        Ok(Engine {
+            rt,
+            docker,
+            run: uuid::Uuid::new_v4().simple().to_string(),
+            version,
+        })
     }
 
     /// One raw create → start → wait → remove of `cmd`; how long it took.
     pub fn run_once(&self, image: &str, cmd: &[&str]) -> Result<Duration, BenchError> {
-        self.rt.block_on(run_sequence(&self.docker, image, cmd))
+        self.rt
+            .block_on(run_sequence(&self.docker, &self.run, image, cmd))
     }
 
     /// `n` raw sequences, `parallel` at a time; the wall time of all of them.
@@ -122,7 +140,7 @@ impl Engine {
         self.rt.block_on(async {
             let started = Instant::now();
             stream::iter(0..n)
-                .map(|_| run_sequence(docker, image, cmd))
+                .map(|_| run_sequence(docker, &self.run, image, cmd))
                 .buffer_unordered(parallel)
                 .try_for_each(|_| async { Ok(()) })
                 .await?;
@@ -141,7 +159,7 @@ impl Engine {
         let docker = &self.docker;
         self.rt.block_on(async {
             let id = docker
-                .create_container(None, body(image, &["/bin/sh", "-c", script], true))
+                .create_container(None, body(&self.run, image, &["/bin/sh", "-c", script], true))
                 .await?
                 .id;
             let ran = async {
@@ -177,7 +195,7 @@ impl Engine {
         let docker = &self.docker;
         self.rt.block_on(async {
             let id = docker
-                .create_container(None, body(image, &["/bin/sh", "-c", script], false))
+                .create_container(None, body(&self.run, image, &["/bin/sh", "-c", script], false))
                 .await?
                 .id;
             let ran = async {
@@ -215,7 +233,7 @@ impl Engine {
 
     /// Remove every raw container a run left (after a failure in the middle of a sequence).
     pub fn remove_raw_leftovers(&self) -> Result<usize, BenchError> {
-        let left = self.containers_labelled(&format!("{RAW_LABEL}=1"))?;
+        let left = self.containers_labelled(&format!("{RAW_LABEL}={}", self.run))?;
         self.remove_all(&left);
         Ok(left.len())
     }
