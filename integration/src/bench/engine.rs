@@ -213,6 +213,30 @@ impl Engine {
         })
     }
 
+    /// Whether the engine still creates and removes a container within `limit`. A deadlocked dockerd
+    /// (Docker 20.10's libnetwork can deadlock under container churn) still lists containers but creates
+    /// none; this tells a hung figure from a slow one before the next figure starts.
+    pub fn check(&self, limit: Duration) -> Result<(), BenchError> {
+        let docker = &self.docker;
+        let probe = async {
+            let id = docker
+                .create_container(None, body(&self.run, crate::fixture_image(), &["true"], false))
+                .await?
+                .id;
+            remove(docker, &id).await
+        };
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(limit, probe).await })
+        {
+            Ok(result) => result,
+            Err(_) => Err(BenchError::Timeout(
+                "creating and removing a container".into(),
+                limit.as_secs(),
+            )),
+        }
+    }
+
     /// Ids of the containers, running or not, with this label (`key=value`).
     pub fn containers_labelled(&self, label: &str) -> Result<Vec<String>, BenchError> {
         let filters = HashMap::from([("label", vec![label])]);

@@ -23,7 +23,7 @@ pub mod worker;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use engine::Engine;
 
@@ -446,15 +446,28 @@ pub fn run(options: &Options, engine: &Engine) -> Results {
             outcome: Outcome::Skipped("not selected (--only)".into()),
         })
         .collect();
+    let mut engine_down: Option<String> = None;
     for (number, ids, figure) in FIGURES {
         if !options.only.is_empty() && !options.only.contains(number) {
             continue;
         }
+        if engine_down.is_none() {
+            if let Err(e) = engine.check(Duration::from_secs(60)) {
+                engine_down = Some(format!(
+                    "the Docker engine stopped working before figure {number} ({e}); if `docker ps` still \
+                     answers, dockerd may be deadlocked: `kill -USR1 $(cat /var/run/docker.pid)` dumps its \
+                     goroutines"
+                ));
+            }
+        }
         eprintln!("bench: figure {number}…");
         let started = Instant::now();
-        let result = match catch_unwind(AssertUnwindSafe(|| figure(&context))) {
-            Ok(result) => result,
-            Err(panic) => Err(Outcome::Failed(panic_message(panic.as_ref()))),
+        let result = match &engine_down {
+            Some(why) => Err(Outcome::Failed(why.clone())),
+            None => match catch_unwind(AssertUnwindSafe(|| figure(&context))) {
+                Ok(result) => result,
+                Err(panic) => Err(Outcome::Failed(panic_message(panic.as_ref()))),
+            },
         };
         for row in rows.iter_mut().filter(|r| ids.contains(&r.spec.id)) {
             match &result {

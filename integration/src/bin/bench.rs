@@ -63,8 +63,11 @@ fn parse_args() -> Options {
         ));
     }
     let out = out.unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../bench-results")
+        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        manifest
+            .parent()
+            .unwrap_or(&manifest)
+            .join("bench-results")
             .join(if quick { "quick" } else { "full" })
     });
     Options {
