@@ -146,14 +146,31 @@ fn cancel_rounds(
     Ok(latencies)
 }
 
+/// The shipped `queue.cancel_poll_seconds`, from `config/default.toml` (the worker compiles it in).
+fn shipped_cancel_poll() -> Result<u64, BenchError> {
+    let defaults = include_str!("../../../config/default.toml");
+    defaults
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("cancel_poll_seconds")?
+                .trim()
+                .strip_prefix('=')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .ok_or_else(|| BenchError::Broken("config/default.toml has no queue.cancel_poll_seconds".into()))
+}
+
 /// Figure 6: `cancelTask` on a running task until its container is removed, with the shipped settings;
 /// then, for reference, with a 1 s status poll.
 pub fn cancel(cx: &Context<'_>) -> FigureResult {
     let rounds = cx.sizes.cancel_rounds;
+    let poll = shipped_cancel_poll()?;
     let double = QueueDouble::start(DoubleOptions::default());
     let worker = Worker::start(&cx.options.worker, &double, &cx.log("cancel"), 1, &[])?;
-    // The shipped queue.cancel_poll_seconds (config/default.toml).
-    let shipped = cancel_rounds(&double, &worker, rounds, Duration::from_secs(10))?;
+    let shipped = cancel_rounds(&double, &worker, rounds, Duration::from_secs(poll))?;
     worker.stop(cx.engine)?;
     let fast = Worker::start(
         &cx.options.worker,
@@ -170,9 +187,10 @@ pub fn cancel(cx: &Context<'_>) -> FigureResult {
         baseline: None,
         measured: median(&shipped),
         note: format!(
-            "{} of a running `sleep 3600`, each after a delay spread evenly over the 10 s \
-             status poll (queue.cancel_poll_seconds=10, the default), timed from `cancelTask` to Docker's \
-             `destroy` event; max {:.2} s. With queue.cancel_poll_seconds=1 the median is {:.2} s (max {:.2} s).",
+            "{} of a running `sleep 3600`, each after a delay spread evenly over one status poll \
+             (queue.cancel_poll_seconds={poll}, the default in config/default.toml; the worker under test must \
+             be built from the same tree), timed from `cancelTask` to Docker's `destroy` event; max {:.2} s. \
+             With queue.cancel_poll_seconds=1 the median is {:.2} s (max {:.2} s).",
             count(rounds, "cancellation"),
             percentile(&shipped, 1.0),
             median(&quick_poll),
