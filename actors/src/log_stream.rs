@@ -196,10 +196,18 @@ async fn drain(
     let mut written = 0u64;
     while let Some(chunk) = rx.recv().await {
         writer.write_all(&chunk).await?;
+        written += chunk.len() as u64;
+        // Chunks that queued up while this one was written go out with it, under one flush: a fast
+        // producer costs a flush (and a wake-up of every live reader) per batch, not per chunk.
+        // At most one queue's worth, so a producer that keeps the queue full can't hold off the flush.
+        for _ in 0..SINK_QUEUE_CHUNKS {
+            let Ok(more) = rx.try_recv() else { break };
+            writer.write_all(&more).await?;
+            written += more.len() as u64;
+        }
         if flush_each_chunk {
             writer.flush().await?;
         }
-        written += chunk.len() as u64;
         // Only published once flushed (with_progress implies flush_each_chunk): readers of the file
         // never look past what the OS has.
         progress.written(written);
