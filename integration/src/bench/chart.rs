@@ -125,8 +125,16 @@ pub fn draw(results: &Results, title: &str, path: &Path) -> Result<(), String> {
             Outcome::Measured => BLACK,
             _ => grey,
         };
-        root.draw(&Text::new(label, (label_x, y), text(14.0, color)))
-            .map_err(err)?;
+        // A white ground, so the target line does not run through the words.
+        let style = text(14.0, color);
+        let (w, h) = root.estimate_text_size(&label, &style).map_err(err)?;
+        let (w, h) = (w as i32, h as i32);
+        root.draw(&Rectangle::new(
+            [(label_x - 2, y - h / 2 - 2), (label_x + w + 2, y + h / 2 + 2)],
+            WHITE.filled(),
+        ))
+        .map_err(err)?;
+        root.draw(&Text::new(label, (label_x, y), style)).map_err(err)?;
     }
     root.present().map_err(err)?;
     Ok(())
