@@ -154,6 +154,17 @@ pub enum SinkError {
 pub trait ArtifactSink: Send + Sync + 'static {
     /// Store one artifact from `body`; returns the bytes stored.
     fn put(&self, meta: &ArtifactMeta, body: &mut dyn Read) -> Result<u64, SinkError>;
+    /// Store one artifact; returns the bytes stored and their hex sha256. By default this hashes what
+    /// passes to [`ArtifactSink::put`]; a sink that hashes for its upload anyway returns its own, so the
+    /// bytes are hashed once.
+    fn put_hashed(&self, meta: &ArtifactMeta, body: &mut dyn Read) -> Result<(u64, String), SinkError> {
+        let mut hashing = HashingReader {
+            inner: body,
+            hasher: Sha256::new(),
+        };
+        let size = self.put(meta, &mut hashing)?;
+        Ok((size, hex::encode(hashing.hasher.finalize())))
+    }
     /// Record an error artifact, expiring when the payload's artifact would have.
     fn put_error(
         &self,
@@ -516,15 +527,11 @@ fn put_hashed(
     meta: &ArtifactMeta,
     body: &mut dyn Read,
 ) -> Result<StoredArtifact, SinkError> {
-    let mut hashing = HashingReader {
-        inner: body,
-        hasher: Sha256::new(),
-    };
-    let size = sink.put(meta, &mut hashing)?;
+    let (size, sha256) = sink.put_hashed(meta, body)?;
     Ok(StoredArtifact::File {
         name: meta.name.clone(),
         size,
-        sha256: hex::encode(hashing.hasher.finalize()),
+        sha256,
         content_type: meta.content_type.clone(),
         content_encoding: meta.content_encoding.clone(),
         expires: meta.expires,

@@ -26,7 +26,7 @@ pub enum StorageType {
 }
 
 /// The bytes one upload reads and sends at a time; with the channel's depth, the memory an upload holds.
-const CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 1024 * 1024;
 const CHANNEL_CHUNKS: usize = 4;
 
 /// The run's credentials, replaced by the TaskActor at every reclaim.
@@ -141,17 +141,20 @@ impl QueueArtifactSink {
         let (mut sent, mut sha256, mut sha512) = (0u64, Sha256::new(), Sha512::new());
         let mut buf = vec![0u8; CHUNK];
         let read_error = loop {
-            let n = match body.read(&mut buf) {
-                Ok(0) => break None,
-                Ok(n) => n,
-                Err(e) => break Some(e),
-            };
+            // Whole chunks: each one handed to the upload costs a wake-up of the runtime's thread.
+            let (n, error) = fill(body, &mut buf);
+            if n == 0 {
+                break error;
+            }
             sha256.update(&buf[..n]);
             sha512.update(&buf[..n]);
             sent += n as u64;
             if tx.blocking_send(Ok(Bytes::copy_from_slice(&buf[..n]))).is_err() {
                 // The request ended early; its outcome says why.
                 break None;
+            }
+            if error.is_some() {
+                break error;
             }
         };
         if let Some(e) = &read_error {
@@ -193,6 +196,20 @@ impl QueueArtifactSink {
     }
 }
 
+/// Read until `buf` is full or the reader ends; the bytes read, and the error that stopped it, if any.
+fn fill(body: &mut dyn Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match body.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (filled, Some(e)),
+        }
+    }
+    (filled, None)
+}
+
 fn tokio_stream_from(
     mut rx: mpsc::Receiver<Result<Bytes, io::Error>>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, io::Error>> {
@@ -212,8 +229,9 @@ fn sink_error(name: &str, e: QueueError) -> SinkError {
     }
 }
 
-impl ArtifactSink for QueueArtifactSink {
-    fn put(&self, meta: &ArtifactMeta, body: &mut dyn Read) -> Result<u64, SinkError> {
+impl QueueArtifactSink {
+    /// Store one artifact; its size and hex sha256, hashed once on the way to the upload.
+    fn upload(&self, meta: &ArtifactMeta, body: &mut dyn Read) -> Result<(u64, String), SinkError> {
         let name = meta.name.as_str();
         let size = meta.size.ok_or_else(|| SinkError::Io {
             name: name.into(),
@@ -235,7 +253,7 @@ impl ArtifactSink for QueueArtifactSink {
                     headers.push(("content-encoding".into(), encoding.clone()));
                 }
                 self.put_stream(name, put_url, &headers, size, body)
-                    .map(|(n, _, _)| n)
+                    .map(|(n, sha256, _)| (n, sha256))
             }
             StorageType::Object => {
                 let known = self.uploads.lock().expect("uploads lock").get(name).cloned();
@@ -307,9 +325,19 @@ impl ArtifactSink for QueueArtifactSink {
                         .await
                 })
                 .map_err(|e| sink_error(name, e))?;
-                Ok(sent)
+                Ok((sent, sha256))
             }
         }
+    }
+}
+
+impl ArtifactSink for QueueArtifactSink {
+    fn put(&self, meta: &ArtifactMeta, body: &mut dyn Read) -> Result<u64, SinkError> {
+        self.upload(meta, body).map(|(n, _)| n)
+    }
+
+    fn put_hashed(&self, meta: &ArtifactMeta, body: &mut dyn Read) -> Result<(u64, String), SinkError> {
+        self.upload(meta, body)
     }
 
     fn put_error(
