@@ -1062,19 +1062,60 @@ pub fn unsupported(payload: &Payload) -> Vec<String> {
     out
 }
 
-/// Copy the container's output into the log, chunk by chunk, waiting for the log to take each one.
+/// The most output gathered into one log chunk, and the longest a byte waits to be gathered.
+const GATHER_BYTES: usize = 64 * 1024;
+const GATHER_WINDOW: Duration = Duration::from_millis(5);
+
+/// Copy the container's output into the log, waiting for the log to take each chunk. A TTY hands
+/// over about 4 KiB per read; what arrives within a few milliseconds of a chunk goes with it, so a
+/// busy task costs the worker (and the live log readers it wakes) a message per 64 KiB, not per
+/// 4 KiB, for at most `GATHER_WINDOW` of delay.
 async fn pump_output(mut output: ByteStream, log: Recipient<LogChunk>) -> Result<(), LogError> {
-    while let Some(chunk) = output.next().await {
-        match chunk {
-            Ok(bytes) if bytes.is_empty() => {}
-            Ok(bytes) => log.send(LogChunk(bytes)).await??,
-            Err(e) => {
+    let mut ended = false;
+    while !ended {
+        let first = match output.next().await {
+            None => break,
+            Some(Ok(bytes)) => bytes,
+            Some(Err(e)) => {
                 log.send(LogChunk::text(fmt_error_log(&format!(
                     "The container's output stream broke: {e}"
                 ))))
                 .await??;
                 break;
             }
+        };
+        let mut gathered = bytes::BytesMut::new();
+        let mut broken = None;
+        let deadline = tokio::time::Instant::now() + GATHER_WINDOW;
+        let chunk = if first.len() >= GATHER_BYTES {
+            first
+        } else {
+            gathered.extend_from_slice(&first);
+            while gathered.len() < GATHER_BYTES {
+                match tokio::time::timeout_at(deadline, output.next()).await {
+                    Err(_) => break,
+                    Ok(None) => {
+                        ended = true;
+                        break;
+                    }
+                    Ok(Some(Ok(bytes))) => gathered.extend_from_slice(&bytes),
+                    Ok(Some(Err(e))) => {
+                        broken = Some(e);
+                        break;
+                    }
+                }
+            }
+            gathered.freeze()
+        };
+        if !chunk.is_empty() {
+            log.send(LogChunk(chunk)).await??;
+        }
+        if let Some(e) = broken {
+            log.send(LogChunk::text(fmt_error_log(&format!(
+                "The container's output stream broke: {e}"
+            ))))
+            .await??;
+            break;
         }
     }
     Ok(())
