@@ -26,7 +26,7 @@ pub enum StorageType {
 }
 
 /// The bytes one upload reads and sends at a time; with the channel's depth, the memory an upload holds.
-const CHUNK: usize = 1024 * 1024;
+const CHUNK: usize = 64 * 1024;
 const CHANNEL_CHUNKS: usize = 4;
 
 /// The run's credentials, replaced by the TaskActor at every reclaim.
@@ -141,20 +141,19 @@ impl QueueArtifactSink {
         let (mut sent, mut sha256, mut sha512) = (0u64, Sha256::new(), Sha512::new());
         let mut buf = vec![0u8; CHUNK];
         let read_error = loop {
-            // Whole chunks: each one handed to the upload costs a wake-up of the runtime's thread.
-            let (n, error) = fill(body, &mut buf);
-            if n == 0 {
-                break error;
-            }
+            // One read per chunk, whatever it brings: waiting to fill bigger chunks stalls the PUT
+            // behind Docker's archive stream (measured: 76 % of the archive pipe's rate, against 96 %).
+            let n = match body.read(&mut buf) {
+                Ok(0) => break None,
+                Ok(n) => n,
+                Err(e) => break Some(e),
+            };
             sha256.update(&buf[..n]);
             sha512.update(&buf[..n]);
             sent += n as u64;
             if tx.blocking_send(Ok(Bytes::copy_from_slice(&buf[..n]))).is_err() {
                 // The request ended early; its outcome says why.
                 break None;
-            }
-            if error.is_some() {
-                break error;
             }
         };
         if let Some(e) = &read_error {
@@ -194,20 +193,6 @@ impl QueueArtifactSink {
             }),
         }
     }
-}
-
-/// Read until `buf` is full or the reader ends; the bytes read, and the error that stopped it, if any.
-fn fill(body: &mut dyn Read, buf: &mut [u8]) -> (usize, Option<io::Error>) {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match body.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (filled, Some(e)),
-        }
-    }
-    (filled, None)
 }
 
 fn tokio_stream_from(
