@@ -229,14 +229,6 @@ impl Settings {
     }
 
     fn check(raw: RawSettings) -> Result<Settings, SettingsError> {
-        fn millis(key: &'static str, v: i64) -> Result<Duration, SettingsError> {
-            u64::try_from(v)
-                .map(Duration::from_millis)
-                .map_err(|_| SettingsError::Invalid {
-                    key,
-                    message: format!("must not be negative, not {v}"),
-                })
-        }
         fn non_empty(key: &'static str, v: String) -> Result<String, SettingsError> {
             if v.trim().is_empty() {
                 Err(SettingsError::Invalid {
@@ -383,8 +375,12 @@ fn positive(key: &'static str, v: i64) -> Result<u64, SettingsError> {
 fn non_negative(key: &'static str, value: i64) -> Result<u64, SettingsError> {
     u64::try_from(value).map_err(|_| SettingsError::Invalid {
         key,
-        message: "must not be negative".into(),
+        message: format!("must not be negative, not {value}"),
     })
+}
+
+fn millis(key: &'static str, value: i64) -> Result<Duration, SettingsError> {
+    non_negative(key, value).map(Duration::from_millis)
 }
 
 fn image_settings(
@@ -406,10 +402,7 @@ fn image_settings(
     Ok(ImageSettings {
         pull: PullPolicy {
             attempts: positive("images.pull_attempts", raw.pull_attempts)? as u32,
-            initial_delay: Duration::from_millis(non_negative(
-                "images.pull_initial_delay_ms",
-                raw.pull_initial_delay_ms,
-            )?),
+            initial_delay: millis("images.pull_initial_delay_ms", raw.pull_initial_delay_ms)?,
             max_delay: Duration::from_millis(non_negative(
                 "images.pull_max_delay_ms",
                 raw.pull_max_delay_ms,

@@ -1073,42 +1073,32 @@ const GATHER_WINDOW: Duration = Duration::from_millis(5);
 async fn pump_output(mut output: ByteStream, log: Recipient<LogChunk>) -> Result<(), LogError> {
     let mut ended = false;
     while !ended {
-        let first = match output.next().await {
-            None => break,
-            Some(Ok(bytes)) => bytes,
-            Some(Err(e)) => {
-                log.send(LogChunk::text(fmt_error_log(&format!(
-                    "The container's output stream broke: {e}"
-                ))))
-                .await??;
-                break;
-            }
-        };
         let mut gathered = bytes::BytesMut::new();
         let mut broken = None;
-        let deadline = tokio::time::Instant::now() + GATHER_WINDOW;
-        let chunk = if first.len() >= GATHER_BYTES {
-            first
-        } else {
-            gathered.extend_from_slice(&first);
-            while gathered.len() < GATHER_BYTES {
-                match tokio::time::timeout_at(deadline, output.next()).await {
-                    Err(_) => break,
-                    Ok(None) => {
-                        ended = true;
-                        break;
-                    }
-                    Ok(Some(Ok(bytes))) => gathered.extend_from_slice(&bytes),
-                    Ok(Some(Err(e))) => {
-                        broken = Some(e);
-                        break;
+        match output.next().await {
+            None => ended = true,
+            Some(Err(e)) => broken = Some(e),
+            Some(Ok(first)) => {
+                gathered.extend_from_slice(&first);
+                let deadline = tokio::time::Instant::now() + GATHER_WINDOW;
+                while gathered.len() < GATHER_BYTES {
+                    match tokio::time::timeout_at(deadline, output.next()).await {
+                        Err(_) => break,
+                        Ok(None) => {
+                            ended = true;
+                            break;
+                        }
+                        Ok(Some(Ok(bytes))) => gathered.extend_from_slice(&bytes),
+                        Ok(Some(Err(e))) => {
+                            broken = Some(e);
+                            break;
+                        }
                     }
                 }
             }
-            gathered.freeze()
-        };
-        if !chunk.is_empty() {
-            log.send(LogChunk(chunk)).await??;
+        }
+        if !gathered.is_empty() {
+            log.send(LogChunk(gathered.freeze())).await??;
         }
         if let Some(e) = broken {
             log.send(LogChunk::text(fmt_error_log(&format!(

@@ -127,14 +127,14 @@ pub(crate) async fn download_and_load(
             }
         };
         if !retry || attempt == attempts {
-            let unauthorized = message.contains("HTTP 401") || message.contains("HTTP 403");
             return Err(ImageError::Artifact {
                 image,
                 message: format!(
                     "Could not download artifact \"{path}\" from task \"{task_id}\" after {attempt} attempt(s). Error: {message}"
                 ),
-                // A missing or forbidden artifact is the task's to fix; a Queue that can't be reached isn't.
-                task_fault: !retry || unauthorized,
+                // A missing or forbidden artifact (not retried) is the task's to fix; a Queue that can't
+                // be reached isn't.
+                task_fault: !retry,
             });
         }
         watchers

@@ -496,16 +496,18 @@ async fn ensure(inner: Arc<Inner>, msg: EnsureImage) -> Result<ImageReady, Image
         }
     }
     let fetched = result?;
-    let mut tracked = inner.tracked.lock().await;
-    let entry = tracked.get_mut(&name).expect("a leased image stays tracked");
-    if fetched.fetched && entry.fetched_id.is_none() {
-        entry.fetched_id = Some(fetched.id.clone());
-    }
+    // `fetch` recorded what it fetched; the lease keeps the entry.
+    let artifact_sha256 = inner
+        .tracked
+        .lock()
+        .await
+        .get(&name)
+        .and_then(|t| t.artifact_sha256.clone());
     Ok(ImageReady {
         name,
         id: fetched.id,
         fetched: fetched.fetched,
-        artifact_sha256: entry.artifact_sha256.clone(),
+        artifact_sha256,
         lease: Some(lease),
     })
 }

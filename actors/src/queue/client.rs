@@ -455,17 +455,29 @@ impl QueueClient {
             timeout: self.timeouts.call,
             retry: true,
         };
-        let answer = match self.execute(call(None)).await {
-            Err(Failure {
-                error: QueueError::Unauthorized { .. },
-                ..
-            }) => self.execute(call(Some(credentials))).await,
-            other => other,
-        }
-        .map_err(|f| f.error)?;
+        let answer = self.anonymous_first(call, Some(credentials)).await?;
         serde_json::from_slice::<StatusResponse>(&answer)
             .map(|r| r.status)
             .map_err(|e| self.unreadable("status", e.to_string()))
+    }
+
+    /// Make `call` anonymously; if that is refused, once more signed with `credentials`, when given.
+    async fn anonymous_first<'a>(
+        &self,
+        call: impl Fn(Option<&'a Credentials>) -> Call<'a>,
+        credentials: Option<&'a Credentials>,
+    ) -> Result<Bytes, QueueError> {
+        match (self.execute(call(None)).await, credentials) {
+            (
+                Err(Failure {
+                    error: QueueError::Unauthorized { .. },
+                    ..
+                }),
+                Some(credentials),
+            ) => self.execute(call(Some(credentials))).await,
+            (other, _) => other,
+        }
+        .map_err(|f| f.error)
     }
 
     /// A report, and the one case where a 409 is not the last word: an earlier attempt whose answer
@@ -547,17 +559,7 @@ impl QueueClient {
             timeout: self.timeouts.call,
             retry: true,
         };
-        let answer = match (self.execute(call(None)).await, credentials) {
-            (
-                Err(Failure {
-                    error: QueueError::Unauthorized { .. },
-                    ..
-                }),
-                Some(credentials),
-            ) => self.execute(call(Some(credentials))).await,
-            (other, _) => other,
-        }
-        .map_err(|f| f.error)?;
+        let answer = self.anonymous_first(call, credentials).await?;
         serde_json::from_slice::<Found>(&answer)
             .map(|f| f.task_id)
             .map_err(|e| self.unreadable("findTask", e.to_string()))
